@@ -1,0 +1,126 @@
+//! flowagent's kernel side: thin XDP and TC entry points.
+//!
+//! Each entry point decides sampling first (so a sampled-out packet costs one
+//! random number), then hands the frame to the shared parser and accounts the
+//! result. Every path returns `XDP_PASS` / `TC_ACT_OK`: an accounting agent
+//! never drops, redirects or modifies traffic.
+#![no_std]
+#![no_main]
+
+mod account;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use flowagent_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+
+use crate::account::{Observation, account};
+
+/// Packets are sampled when `bpf_get_prandom_u32() < SAMPLE_THRESHOLD`;
+/// 0 means every packet (1:1). Set by the agent at load time, so the verifier
+/// sees a constant.
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: u32 = 0;
+
+#[inline(always)]
+fn sampled_out() -> bool {
+    // SAFETY: reading a plain `.rodata` global; volatile stops the compiler
+    // from folding the default value in before the loader overrides it.
+    let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
+    // SAFETY: helper without preconditions.
+    threshold != 0 && unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } >= threshold
+}
+
+/// XDP ingress accounting.
+#[xdp]
+pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
+    if !sampled_out() {
+        let obs = Observation {
+            ifindex: ctx.ingress_ifindex() as u32,
+            direction: DIRECTION_INGRESS,
+            vlan_hint: None,
+            other_ifindex: 0,
+        };
+        account(&ctx, ctx.data(), ctx.data_end(), &obs);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// TC (tcx/clsact) ingress accounting.
+#[classifier]
+pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
+    if !sampled_out() {
+        tc_account(&ctx, DIRECTION_INGRESS);
+    }
+    TC_ACT_OK
+}
+
+/// TC (tcx/clsact) egress accounting.
+#[classifier]
+pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
+    if !sampled_out() {
+        tc_account(&ctx, DIRECTION_EGRESS);
+    }
+    TC_ACT_OK
+}
+
+/// Bytes of headers the parser may read: Ethernet, two VLAN tags, IPv6 with a
+/// few extension headers, and an L4 header fit in this.
+const TC_PULL_LEN: u32 = 256;
+
+#[inline(always)]
+fn tc_account(ctx: &TcContext, direction: u8) {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    let (ifindex, ingress_ifindex, vlan_present, vlan_tci, len) = unsafe {
+        (
+            (*skb).ifindex,
+            (*skb).ingress_ifindex,
+            (*skb).vlan_present,
+            (*skb).vlan_tci,
+            (*skb).len,
+        )
+    };
+    // Direct packet access sees only the linear part of the skb; make sure the
+    // headers are in it (a no-op for the common linear case).
+    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    // On ingress the stack has already moved the outer VLAN tag out of the
+    // frame into skb metadata (skb_vlan_untag() runs before tc), so it is
+    // taken from there; on egress it is there when the tag is offloaded.
+    let vlan_hint = if vlan_present != 0 {
+        Some((vlan_tci & 0x0fff) as u16)
+    } else {
+        None
+    };
+    let other_ifindex = if direction == DIRECTION_EGRESS {
+        // The interface a forwarded packet came in on; 0 for local traffic.
+        ingress_ifindex
+    } else {
+        0
+    };
+    let obs = Observation {
+        ifindex,
+        direction,
+        vlan_hint,
+        other_ifindex,
+    };
+    account(ctx, ctx.data(), ctx.data_end(), &obs);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// bpf_fib_lookup() is a GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

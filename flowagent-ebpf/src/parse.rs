@@ -1,0 +1,291 @@
+//! The one packet parser shared by the XDP and TC programs.
+//!
+//! It reads Ethernet, up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8),
+//! IPv4 (any IHL, fragments), IPv6 (a bounded walk over the common extension
+//! headers) and the first bytes of TCP, UDP, SCTP, UDP-Lite, ICMP and ICMPv6.
+//! Every read goes through [`ptr_at`], the single bounds check the verifier
+//! needs to see. The parser never fails: a frame is a flow (IPv4/IPv6), a
+//! non-IP frame, or malformed.
+
+use core::mem::size_of;
+
+use flowagent_common::{FlowKeyV4, FlowKeyV6};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+/// How many IPv6 extension headers the parser walks before it gives up and
+/// accounts the packet by its L3 protocol alone (with the extension header's
+/// number as `proto` and ports 0).
+pub const IPV6_MAX_EXT_HEADERS: usize = 6;
+
+/// What the parser made of a frame.
+pub enum Parsed {
+    /// An IPv4 packet; `ifindex` and `direction` of the key are still zero.
+    V4(FlowKeyV4, Meta),
+    /// An IPv6 packet; `ifindex` and `direction` of the key are still zero.
+    V6(FlowKeyV6, Meta),
+    /// Not IPv4 or IPv6 after the VLAN tags.
+    NonIp,
+    /// IP ethertype, but the IP header cannot be read.
+    Malformed,
+}
+
+/// Per-packet values that are not part of the flow key.
+pub struct Meta {
+    /// IPv4 total length or IPv6 payload length + 40.
+    pub ip_len: u32,
+    /// IPv4 ToS / IPv6 traffic class.
+    pub tos: u8,
+    /// TCP flags byte (0 for other protocols or a truncated TCP header).
+    pub tcp_flags: u8,
+}
+
+/// Ports and flags read from the L4 header; zeros when absent.
+#[derive(Default)]
+struct L4 {
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+}
+
+/// The one bounds check: a pointer to a `T` at `offset`, if it fits.
+///
+/// Read at least two bytes at a time: for a one-byte `T` LLVM rewrites
+/// `at + 1 > end` as `at >= end`, and the verifier derives no readable range
+/// from that form when the offset is variable.
+#[inline(always)]
+fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+    let at = start + offset;
+    if at + size_of::<T>() > end {
+        return None;
+    }
+    Some(at as *const T)
+}
+
+#[inline(always)]
+fn be16_at(start: usize, end: usize, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked both bytes are inside the packet.
+    ptr_at::<[u8; 2]>(start, end, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Parses the frame in `[start, end)`. `vlan_hint` is the outer VLAN id when
+/// the stack already took the tag out of the frame (TC ingress).
+#[inline(always)]
+pub fn parse(start: usize, end: usize, vlan_hint: Option<u16>) -> Parsed {
+    let Some(mut ethertype) = be16_at(start, end, 12) else {
+        return Parsed::Malformed;
+    };
+    let mut offset = ETH_HLEN;
+    let mut vlan = vlan_hint.unwrap_or(0);
+    let mut have_vlan = vlan_hint.is_some();
+    // Two tags at most (802.1ad S-tag + 802.1Q C-tag); the outer id is kept.
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let (Some(tci), Some(inner)) = (
+            be16_at(start, end, offset),
+            be16_at(start, end, offset + 2),
+        ) else {
+            return Parsed::Malformed;
+        };
+        if !have_vlan {
+            vlan = tci & 0x0fff;
+            have_vlan = true;
+        }
+        ethertype = inner;
+        offset += 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(start, end, offset, vlan),
+        ETH_P_IPV6 => parse_ipv6(start, end, offset, vlan),
+        _ => Parsed::NonIp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
+    let Some(hdr) = ptr_at::<[u8; 20]>(start, end, offset) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: ptr_at checked the 20-byte fixed header is inside the packet.
+    let hdr = unsafe { &*hdr };
+    let version = hdr[0] >> 4;
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if version != 4 || ihl < 20 {
+        return Parsed::Malformed;
+    }
+    let proto = hdr[9];
+    let fragment_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    // Only the first fragment carries the L4 header (RFC 791); later ones are
+    // accounted with ports 0, as NetFlow and pmacct do.
+    let l4 = if fragment_offset == 0 {
+        parse_l4(start, end, offset + ihl, proto)
+    } else {
+        L4::default()
+    };
+    let key = FlowKeyV4 {
+        src: [hdr[12], hdr[13], hdr[14], hdr[15]],
+        dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
+        ifindex: 0,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        vlan,
+        proto,
+        direction: 0,
+    };
+    let meta = Meta {
+        ip_len: u16::from_be_bytes([hdr[2], hdr[3]]) as u32,
+        tos: hdr[1],
+        tcp_flags: l4.tcp_flags,
+    };
+    Parsed::V4(key, meta)
+}
+
+#[inline(always)]
+fn parse_ipv6(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
+    let Some(hdr) = ptr_at::<[u8; 40]>(start, end, offset) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: ptr_at checked the 40-byte fixed header is inside the packet.
+    let hdr = unsafe { &*hdr };
+    if hdr[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&hdr[8..24]);
+    dst.copy_from_slice(&hdr[24..40]);
+    let meta_tos = (hdr[0] << 4) | (hdr[1] >> 4);
+    let ip_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u32 + 40;
+
+    let (proto, l4) = walk_ipv6_extensions(start, end, offset + 40, hdr[6]);
+    let key = FlowKeyV6 {
+        src,
+        dst,
+        ifindex: 0,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        vlan,
+        proto,
+        direction: 0,
+    };
+    let meta = Meta {
+        ip_len,
+        tos: meta_tos,
+        tcp_flags: l4.tcp_flags,
+    };
+    Parsed::V6(key, meta)
+}
+
+/// Skips up to [`IPV6_MAX_EXT_HEADERS`] extension headers (RFC 8200 section
+/// 4; AH per RFC 4302) and reads the L4 header. Returns the last next-header
+/// value reached: the upper-layer protocol, or the extension header the walk
+/// stopped at (bound reached, truncated, or a non-first fragment).
+#[inline(always)]
+fn walk_ipv6_extensions(start: usize, end: usize, mut offset: usize, mut next: u8) -> (u8, L4) {
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let Some(h) = ptr_at::<[u8; 2]>(start, end, offset) else {
+                    return (next, L4::default());
+                };
+                // SAFETY: ptr_at checked both bytes are inside the packet.
+                let [nh, len] = unsafe { *h };
+                // Length is in 8-octet units excluding the first 8, except
+                // for AH, which counts 4-octet units minus 2.
+                let bytes = if next == IPPROTO_AH {
+                    (len as usize + 2) * 4
+                } else {
+                    (len as usize + 1) * 8
+                };
+                next = nh;
+                offset += bytes;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(h) = ptr_at::<[u8; 4]>(start, end, offset) else {
+                    return (next, L4::default());
+                };
+                // SAFETY: ptr_at checked the four bytes are inside the packet.
+                let h = unsafe { *h };
+                let (nh, frag) = (h[0], u16::from_be_bytes([h[2], h[3]]));
+                next = nh;
+                offset += 8;
+                if frag & 0xfff8 != 0 {
+                    // Non-first fragment: no L4 header here.
+                    return (next, L4::default());
+                }
+            }
+            _ => return (next, parse_l4(start, end, offset, next)),
+        }
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            (next, L4::default())
+        }
+        _ => (next, parse_l4(start, end, offset, next)),
+    }
+}
+
+/// Reads ports (or ICMP type/code, NetFlow-style in the destination port) and
+/// TCP flags. A truncated L4 header leaves zeros: the packet still counts as
+/// a flow of its L3 protocol.
+#[inline(always)]
+fn parse_l4(start: usize, end: usize, offset: usize, proto: u8) -> L4 {
+    match proto {
+        IPPROTO_TCP => match ptr_at::<[u8; 14]>(start, end, offset) {
+            // SAFETY: ptr_at checked the 14 bytes up to the flags are inside.
+            Some(h) => {
+                let h = unsafe { &*h };
+                L4 {
+                    src_port: u16::from_be_bytes([h[0], h[1]]),
+                    dst_port: u16::from_be_bytes([h[2], h[3]]),
+                    tcp_flags: h[13],
+                }
+            }
+            None => L4::default(),
+        },
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match ptr_at::<[u8; 4]>(start, end, offset)
+        {
+            // SAFETY: ptr_at checked both ports are inside.
+            Some(h) => {
+                let h = unsafe { &*h };
+                L4 {
+                    src_port: u16::from_be_bytes([h[0], h[1]]),
+                    dst_port: u16::from_be_bytes([h[2], h[3]]),
+                    tcp_flags: 0,
+                }
+            }
+            None => L4::default(),
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match ptr_at::<[u8; 2]>(start, end, offset) {
+            // SAFETY: ptr_at checked type and code are inside.
+            Some(h) => {
+                let h = unsafe { &*h };
+                L4 {
+                    src_port: 0,
+                    dst_port: u16::from_be_bytes([h[0], h[1]]),
+                    tcp_flags: 0,
+                }
+            }
+            None => L4::default(),
+        },
+        _ => L4::default(),
+    }
+}

@@ -1,0 +1,139 @@
+//! Attaching and detaching the loaded programs, per interface.
+//!
+//! Links are bpf_link based (XDP links, tcx links), so they are owned by this
+//! process: dropping the [`Attacher`] (or the process dying) detaches them
+//! and leaves nothing behind on any interface.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
+};
+use flowagent_common::names;
+use log::{debug, info};
+
+use super::{Error, loader::program};
+use crate::config::{Direction, Mode};
+
+/// One program attached to one interface.
+enum Attachment {
+    Xdp(XdpLinkId),
+    Tc(&'static str, SchedClassifierLinkId),
+}
+
+/// Owns the loaded programs and what they are attached to.
+pub struct Attacher {
+    ebpf: Ebpf,
+    mode: Mode,
+    direction: Direction,
+    attached: HashMap<u32, Vec<Attachment>>,
+}
+
+impl Attacher {
+    /// Wraps loaded programs; nothing is attached yet.
+    pub fn new(ebpf: Ebpf, mode: Mode, direction: Direction) -> Self {
+        Self {
+            ebpf,
+            mode,
+            direction,
+            attached: HashMap::new(),
+        }
+    }
+
+    /// Whether the interface has our programs.
+    pub fn is_attached(&self, index: u32) -> bool {
+        self.attached.contains_key(&index)
+    }
+
+    /// Attaches the mode's programs to interface `index` (named `name` for messages).
+    pub fn attach(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        if self.is_attached(index) {
+            return Ok(());
+        }
+        let mut links = Vec::new();
+        let result = self.attach_all(index, name, &mut links);
+        if !links.is_empty() {
+            // Keep what did attach even on a partial failure, so it is
+            // detached with the rest.
+            self.attached.insert(index, links);
+        }
+        result
+    }
+
+    fn attach_all(
+        &mut self,
+        index: u32,
+        name: &str,
+        links: &mut Vec<Attachment>,
+    ) -> Result<(), Error> {
+        let attach_err = |source| Error::Attach {
+            iface: name.to_owned(),
+            source,
+        };
+        match self.mode {
+            Mode::Tc => {
+                let hooks = [
+                    (self.direction.ingress(), names::PROG_TC_INGRESS, TcAttachType::Ingress),
+                    (self.direction.egress(), names::PROG_TC_EGRESS, TcAttachType::Egress),
+                ];
+                for (wanted, prog, hook) in hooks {
+                    if !wanted {
+                        continue;
+                    }
+                    let link = program::<SchedClassifier>(&mut self.ebpf, prog)?
+                        .attach(name, hook)
+                        .map_err(attach_err)?;
+                    links.push(Attachment::Tc(prog, link));
+                }
+                info!("attached tc {:?} to {name} (ifindex {index})", self.direction);
+            }
+            mode => {
+                let xdp = program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?;
+                let (link, used) = match mode {
+                    Mode::Xdp => (xdp.attach_to_if_index(index, XdpMode::Driver), "native"),
+                    Mode::XdpGeneric => (xdp.attach_to_if_index(index, XdpMode::Skb), "generic"),
+                    _ => match xdp.attach_to_if_index(index, XdpMode::Driver) {
+                        Ok(link) => (Ok(link), "native"),
+                        Err(e) => {
+                            debug!("native XDP on {name} failed ({e}); using generic XDP");
+                            (xdp.attach_to_if_index(index, XdpMode::Skb), "generic")
+                        }
+                    },
+                };
+                links.push(Attachment::Xdp(link.map_err(attach_err)?));
+                info!("attached {used} XDP to {name} (ifindex {index})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets interface `index` (it disappeared: the kernel already removed
+    /// its programs) or detaches from it.
+    pub fn detach(&mut self, index: u32) {
+        let Some(links) = self.attached.remove(&index) else {
+            return;
+        };
+        for link in links {
+            // A vanished interface took its links along; closing the link
+            // fd is all that is left, and an error here changes nothing.
+            let result = match link {
+                Attachment::Xdp(id) => program::<Xdp>(&mut self.ebpf, names::PROG_XDP)
+                    .and_then(|p| p.detach(id).map_err(|e| Error::Detach(e.to_string()))),
+                Attachment::Tc(prog, id) => program::<SchedClassifier>(&mut self.ebpf, prog)
+                    .and_then(|p| p.detach(id).map_err(|e| Error::Detach(e.to_string()))),
+            };
+            if let Err(e) = result {
+                debug!("detach from ifindex {index}: {e}");
+            }
+        }
+        info!("detached from ifindex {index}");
+    }
+
+    /// Number of interfaces with programs attached.
+    pub fn count(&self) -> usize {
+        self.attached.len()
+    }
+}

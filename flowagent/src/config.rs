@@ -1,0 +1,331 @@
+//! Agent configuration: command-line flags over an optional TOML file over
+//! defaults, checked once by [`RawConfig::validate`] into a [`Config`].
+//!
+//! Every flag has a key of the same name (dashes become underscores) in the
+//! file, and a flag given on the command line wins over the file.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Largest accepted `--max-flows`: 16M entries per map. Per-CPU values make a
+/// map cost about `max_flows * (80 + 56 * CPUs)` bytes, so this already asks
+/// the kernel for gigabytes on a large machine.
+pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
+/// Largest accepted sampling rate (1 in 16M).
+pub const SAMPLING_LIMIT: u32 = 1 << 24;
+/// Longest accepted drain interval, one hour.
+pub const INTERVAL_LIMIT_SECS: u64 = 3600;
+
+/// Configuration errors; each names the key and the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, on one line.
+        message: String,
+    },
+    /// A value is outside what the key accepts.
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        /// The flag / key name.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is accepted.
+        reason: String,
+    },
+}
+
+/// How the programs are attached.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// XDP in the driver where it supports it, else generic (skb) XDP.
+    Auto,
+    /// Native (driver) XDP only; fails where the driver has none.
+    Xdp,
+    /// Generic (skb) XDP, which works on any interface.
+    XdpGeneric,
+    /// TC classifiers (tcx on Linux 6.6+, clsact before), ingress and/or egress.
+    Tc,
+}
+
+/// Which directions TC mode observes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Packets arriving on the interface.
+    Ingress,
+    /// Packets leaving through the interface.
+    Egress,
+    /// Both.
+    Both,
+}
+
+impl Direction {
+    /// Whether ingress is observed.
+    pub fn ingress(self) -> bool {
+        matches!(self, Direction::Ingress | Direction::Both)
+    }
+    /// Whether egress is observed.
+    pub fn egress(self) -> bool {
+        matches!(self, Direction::Egress | Direction::Both)
+    }
+}
+
+/// Where flow records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File(PathBuf),
+}
+
+/// The checked agent configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Interface name patterns; empty means "the interfaces of the default routes".
+    pub interfaces: Vec<glob::Pattern>,
+    /// Attach mode.
+    pub mode: Mode,
+    /// Directions observed (always ingress for XDP).
+    pub direction: Direction,
+    /// Drain interval.
+    pub interval: Duration,
+    /// Sample 1 in this many packets.
+    pub sampling: u32,
+    /// Entries per flow map.
+    pub max_flows: u32,
+    /// Record destination.
+    pub output: Output,
+}
+
+/// Unchecked configuration as it comes from the file and the flags.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `--iface`: interface names or globs.
+    pub iface: Vec<String>,
+    /// `--mode`.
+    pub mode: Option<String>,
+    /// `--direction`.
+    pub direction: Option<String>,
+    /// `--interval`, seconds.
+    pub interval: Option<u64>,
+    /// `--sampling`.
+    pub sampling: Option<u32>,
+    /// `--max-flows`.
+    pub max_flows: Option<u32>,
+    /// `--output`: a path, or `-` for stdout.
+    pub output: Option<String>,
+}
+
+impl RawConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string().replace('\n', " ").trim().to_owned(),
+        })
+    }
+
+    /// Layers `flags` over `self`: every value given on the command line wins.
+    pub fn overlay(self, flags: RawConfig) -> RawConfig {
+        RawConfig {
+            iface: if flags.iface.is_empty() {
+                self.iface
+            } else {
+                flags.iface
+            },
+            mode: flags.mode.or(self.mode),
+            direction: flags.direction.or(self.direction),
+            interval: flags.interval.or(self.interval),
+            sampling: flags.sampling.or(self.sampling),
+            max_flows: flags.max_flows.or(self.max_flows),
+            output: flags.output.or(self.output),
+        }
+    }
+
+    /// Checks every value and fills in defaults.
+    pub fn validate(self) -> Result<Config, Error> {
+        let interfaces = self
+            .iface
+            .iter()
+            .map(|p| {
+                if p.is_empty() || p.len() > 15 && !p.contains(['*', '?', '[']) {
+                    return Err(invalid("--iface", p, "an interface name has 1 to 15 characters"));
+                }
+                glob::Pattern::new(p).map_err(|e| invalid("--iface", p, &format!("bad glob: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Default: auto, i.e. XDP (ingress); TC only when asked for.
+        let mode = match self.mode.as_deref().unwrap_or("auto") {
+            "auto" => Mode::Auto,
+            "xdp" => Mode::Xdp,
+            "xdp-generic" => Mode::XdpGeneric,
+            "tc" => Mode::Tc,
+            other => {
+                return Err(invalid(
+                    "--mode",
+                    other,
+                    "expected auto, xdp, xdp-generic or tc",
+                ));
+            }
+        };
+        // Default: ingress, the direction XDP sees and pmacct's `pcap_direction: in`.
+        let direction = match self.direction.as_deref() {
+            None | Some("ingress") => Direction::Ingress,
+            Some("egress") => Direction::Egress,
+            Some("both") => Direction::Both,
+            Some(other) => {
+                return Err(invalid(
+                    "--direction",
+                    other,
+                    "expected ingress, egress or both",
+                ));
+            }
+        };
+        if mode != Mode::Tc && direction != Direction::Ingress {
+            return Err(invalid(
+                "--direction",
+                self.direction.as_deref().unwrap_or_default(),
+                "XDP sees ingress only; use --mode tc for egress",
+            ));
+        }
+
+        // Default: 10 s, short enough for "what changed" questions, long
+        // enough that a busy router emits few records per flow.
+        let interval = self.interval.unwrap_or(10);
+        if !(1..=INTERVAL_LIMIT_SECS).contains(&interval) {
+            return Err(invalid(
+                "--interval",
+                &interval.to_string(),
+                &format!("seconds between drains, 1 to {INTERVAL_LIMIT_SECS}"),
+            ));
+        }
+        // Default: 1, every packet; the maps are cheap enough on small routers.
+        let sampling = self.sampling.unwrap_or(1);
+        if !(1..=SAMPLING_LIMIT).contains(&sampling) {
+            return Err(invalid(
+                "--sampling",
+                &sampling.to_string(),
+                &format!("sample 1 in N packets, N from 1 to {SAMPLING_LIMIT}"),
+            ));
+        }
+        // Default: 64k flows per map and slot, enough for a small AS at 10 s.
+        let max_flows = self.max_flows.unwrap_or(flowagent_common::DEFAULT_MAX_FLOWS);
+        if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
+            return Err(invalid(
+                "--max-flows",
+                &max_flows.to_string(),
+                &format!("map size too large or zero: 1 to {MAX_FLOWS_LIMIT} entries"),
+            ));
+        }
+        let output = match self.output.as_deref() {
+            None | Some("-") => Output::Stdout,
+            Some("") => return Err(invalid("--output", "", "a file path or - for stdout")),
+            Some(path) => Output::File(PathBuf::from(path)),
+        };
+        Ok(Config {
+            interfaces,
+            mode,
+            direction,
+            interval: Duration::from_secs(interval),
+            sampling,
+            max_flows,
+            output,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: &str) -> Error {
+    Error::Invalid {
+        key,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Whether a pattern is a plain name (no glob characters): such a name must
+/// exist when the agent starts, a glob may match later.
+pub fn is_plain_name(pattern: &glob::Pattern) -> bool {
+    !pattern.as_str().contains(['*', '?', '['])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig::default()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = raw().validate().unwrap();
+        assert_eq!(c.mode, Mode::Auto);
+        assert_eq!(c.direction, Direction::Ingress);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.sampling, 1);
+        assert_eq!(c.max_flows, 65_536);
+        assert_eq!(c.output, Output::Stdout);
+        assert!(c.interfaces.is_empty());
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file: RawConfig =
+            toml::from_str("iface = [\"eth*\"]\nsampling = 100\ninterval = 5\nmode = \"tc\"\n")
+                .unwrap();
+        let flags = RawConfig {
+            sampling: Some(7),
+            ..raw()
+        };
+        let c = file.overlay(flags).validate().unwrap();
+        assert_eq!(c.sampling, 7);
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.mode, Mode::Tc);
+        assert_eq!(c.interfaces[0].as_str(), "eth*");
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_key() {
+        let cases: [(RawConfig, &str); 8] = [
+            (RawConfig { sampling: Some(0), ..raw() }, "--sampling"),
+            (RawConfig { max_flows: Some(0), ..raw() }, "--max-flows"),
+            (RawConfig { max_flows: Some(MAX_FLOWS_LIMIT + 1), ..raw() }, "--max-flows"),
+            (RawConfig { interval: Some(0), ..raw() }, "--interval"),
+            (RawConfig { mode: Some("fast".into()), ..raw() }, "--mode"),
+            (RawConfig { iface: vec!["eth[".into()], ..raw() }, "--iface"),
+            (RawConfig { iface: vec!["a-very-long-interface".into()], ..raw() }, "--iface"),
+            (RawConfig { direction: Some("egress".into()), ..raw() }, "--direction"),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.clone().validate().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("invalid {key} ")), "{cfg:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let err = toml::from_str::<RawConfig>("samplin = 3").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! The drain: every interval, flip the programs to the other slot, wait out
+//! the programs still writing the old one, then read and empty it.
+//!
+//! Why nothing is lost or doubled: each packet is counted in exactly one slot
+//! (the one its program run read from `CONTROL`). After the flip, the
+//! [`sys::Barrier`] returns only when every program run that could have read
+//! the old slot number has finished, so the old slot is complete and
+//! quiescent; it is then read and deleted in one batch pass. Packets arriving
+//! meanwhile go to the new slot and are reported next interval. A plain
+//! iterate-then-delete on a live map would lose updates between the read and
+//! the delete.
+
+pub mod clock;
+mod sys;
+
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, OwnedFd},
+    time::{Duration, SystemTime},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
+};
+use flowagent_common::{
+    Counter, DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, names,
+};
+use log::{debug, warn};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::clock::WallClock;
+use crate::{
+    capture::IfNames,
+    flow::{FlowDirection, FlowRecord, merge_per_cpu},
+};
+
+/// Drain errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A map is missing from the object or has the wrong type.
+    #[error("map {name}: {reason}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A bpf(2) call failed.
+    #[error("{what}: {source}")]
+    Syscall {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Totals of the out-of-flow counters for one interval, indexed by [`Counter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::ALL.len()]);
+
+impl Counters {
+    /// One counter's total.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+}
+
+/// Everything one drain produced.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Start of the interval (the previous drain, or agent start).
+    pub start: SystemTime,
+    /// End of the interval (this drain).
+    pub end: SystemTime,
+    /// One record per flow seen in the interval.
+    pub records: Vec<FlowRecord>,
+    /// Out-of-flow counters of the interval.
+    pub counters: Counters,
+    /// Records of earlier batches dropped because the output fell behind.
+    pub dropped_records: u64,
+    /// The sampling rate in force.
+    pub sampling_rate: u32,
+}
+
+/// The maps the drain owns, taken out of the loaded object.
+pub struct Maps {
+    v4: [MapData; 2],
+    v6: [MapData; 2],
+    counters: PerCpuArray<MapData, u64>,
+    control: Array<MapData, u32>,
+    /// A second fd of `CONTROL`, the template of the barrier map.
+    control_fd: OwnedFd,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
+    ebpf.take_map(name).ok_or(Error::Map {
+        name,
+        reason: "missing from the eBPF object".into(),
+    })
+}
+
+fn per_cpu_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, Error> {
+    match take(ebpf, name)? {
+        Map::PerCpuHashMap(data) => Ok(data),
+        other => Err(Error::Map {
+            name,
+            reason: format!("expected a per-CPU hash map, found {other:?}"),
+        }),
+    }
+}
+
+impl Maps {
+    /// Takes the flow, counter and control maps out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let map_err = |name| {
+            move |e: aya::maps::MapError| Error::Map {
+                name,
+                reason: e.to_string(),
+            }
+        };
+        let control = take(ebpf, names::CONTROL)?;
+        let control_fd = match &control {
+            Map::Array(data) => data.fd().as_fd().try_clone_to_owned().map_err(|source| {
+                Error::Syscall {
+                    what: "duplicating the CONTROL map fd",
+                    source,
+                }
+            })?,
+            other => {
+                return Err(Error::Map {
+                    name: names::CONTROL,
+                    reason: format!("expected an array, found {other:?}"),
+                });
+            }
+        };
+        Ok(Self {
+            v4: [
+                per_cpu_hash(ebpf, names::FLOWS_V4[0])?,
+                per_cpu_hash(ebpf, names::FLOWS_V4[1])?,
+            ],
+            v6: [
+                per_cpu_hash(ebpf, names::FLOWS_V6[0])?,
+                per_cpu_hash(ebpf, names::FLOWS_V6[1])?,
+            ],
+            counters: PerCpuArray::try_from(take(ebpf, names::COUNTERS)?)
+                .map_err(map_err(names::COUNTERS))?,
+            control: Array::try_from(control).map_err(map_err(names::CONTROL))?,
+            control_fd,
+        })
+    }
+}
+
+/// Drains the maps every interval and sends the batches on.
+pub struct Drainer {
+    maps: Maps,
+    barrier: sys::Barrier,
+    /// The slot the programs write now.
+    slot: u32,
+    cpus: usize,
+    names: IfNames,
+    sampling_rate: u32,
+    interval: Duration,
+    last_drain: SystemTime,
+    out: mpsc::Sender<Batch>,
+    dropped_records: u64,
+}
+
+impl Drainer {
+    /// Prepares the drain; slot 0 is the one the programs start with.
+    pub fn new(
+        maps: Maps,
+        names: IfNames,
+        sampling_rate: u32,
+        interval: Duration,
+        out: mpsc::Sender<Batch>,
+    ) -> Result<Self, Error> {
+        let barrier = sys::Barrier::new(maps.control_fd.as_fd()).map_err(|source| {
+            Error::Syscall {
+                what: "creating the drain barrier map",
+                source,
+            }
+        })?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Syscall {
+            what: if what.is_empty() { "possible CPUs" } else { what },
+            source,
+        })?;
+        Ok(Self {
+            maps,
+            barrier,
+            slot: 0,
+            cpus,
+            names,
+            sampling_rate,
+            interval,
+            last_drain: SystemTime::now(),
+            out,
+            dropped_records: 0,
+        })
+    }
+
+    /// Drains every interval until cancelled, then once more.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let start = tokio::time::Instant::now() + self.interval;
+        let mut ticks = tokio::time::interval_at(start, self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            match tokio::task::block_in_place(|| self.drain()) {
+                Ok(batch) => self.send(batch),
+                Err(e) => warn!("drain failed, will retry next interval: {e}"),
+            }
+        }
+        // Final drain of the partial interval. Capture has detached by now
+        // (app orders it), so this takes the last packets counted.
+        match tokio::task::block_in_place(|| self.drain()) {
+            Ok(batch) => {
+                if self.out.send(batch).await.is_err() {
+                    warn!("output closed before the final interval was written");
+                }
+            }
+            Err(e) => warn!("final drain failed: {e}"),
+        }
+    }
+
+    fn send(&mut self, batch: Batch) {
+        let n = batch.records.len() as u64;
+        match self.out.try_send(batch) {
+            Ok(()) => self.dropped_records = 0,
+            Err(_) => {
+                // Never block the drain on a slow output: count what is lost
+                // and report it with the next batch that gets through.
+                self.dropped_records += n;
+                warn!(
+                    "output is behind: dropped a batch of {n} records ({} since the last one written)",
+                    self.dropped_records
+                );
+            }
+        }
+    }
+
+    /// Flips the slot, waits for writers of the old slot to finish, and reads
+    /// and empties it.
+    pub fn drain(&mut self) -> Result<Batch, Error> {
+        let old = self.slot;
+        let new = (old + 1) % SLOTS;
+        self.maps
+            .control
+            .set(0, new, 0)
+            .map_err(|e| Error::Map {
+                name: names::CONTROL,
+                reason: e.to_string(),
+            })?;
+        self.slot = new;
+        self.barrier.wait().map_err(|source| Error::Syscall {
+            what: "waiting for programs to leave the old slot",
+            source,
+        })?;
+        let end = SystemTime::now();
+        let clock = WallClock::now();
+        let mut records = Vec::new();
+        let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
+        let cpus = self.cpus;
+        let mut per_cpu = Vec::with_capacity(cpus);
+        let read_values = |value: &[u8], per_cpu: &mut Vec<FlowStats>| {
+            per_cpu.clear();
+            for cpu in 0..cpus {
+                // SAFETY: the kernel wrote `cpus` values of `stride` bytes;
+                // FlowStats is Pod, so any bytes are a valid value.
+                per_cpu.push(unsafe {
+                    std::ptr::read_unaligned(value[cpu * stride..].as_ptr() as *const FlowStats)
+                });
+            }
+        };
+        let n4 = sys::lookup_and_delete_all(
+            self.maps.v4[old as usize].fd().as_fd(),
+            std::mem::size_of::<FlowKeyV4>(),
+            stride * cpus,
+            |k, v| {
+                // SAFETY: the key is size_of::<FlowKeyV4>() bytes of a Pod type.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV4) };
+                read_values(v, &mut per_cpu);
+                if let Some(stats) = merge_per_cpu(&per_cpu) {
+                    records.push(self.record(
+                        KeyParts::from(&key),
+                        &stats,
+                        &clock,
+                    ));
+                }
+            },
+        )
+        .map_err(|source| Error::Syscall {
+            what: "draining the IPv4 flow map",
+            source,
+        })?;
+        let n6 = sys::lookup_and_delete_all(
+            self.maps.v6[old as usize].fd().as_fd(),
+            std::mem::size_of::<FlowKeyV6>(),
+            stride * cpus,
+            |k, v| {
+                // SAFETY: the key is size_of::<FlowKeyV6>() bytes of a Pod type.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV6) };
+                read_values(v, &mut per_cpu);
+                if let Some(stats) = merge_per_cpu(&per_cpu) {
+                    records.push(self.record(
+                        KeyParts::from(&key),
+                        &stats,
+                        &clock,
+                    ));
+                }
+            },
+        )
+        .map_err(|source| Error::Syscall {
+            what: "draining the IPv6 flow map",
+            source,
+        })?;
+        let counters = self.take_counters(old)?;
+        debug!("drained slot {old}: {n4} IPv4 + {n6} IPv6 entries");
+        self.names.expire(self.interval * 2);
+        let start = std::mem::replace(&mut self.last_drain, end);
+        Ok(Batch {
+            start,
+            end,
+            records,
+            counters,
+            dropped_records: self.dropped_records,
+            sampling_rate: self.sampling_rate,
+        })
+    }
+
+    /// Sums and zeroes the counters of `slot` (quiescent after the barrier).
+    fn take_counters(&mut self, slot: u32) -> Result<Counters, Error> {
+        let map_err = |e: aya::maps::MapError| Error::Map {
+            name: names::COUNTERS,
+            reason: e.to_string(),
+        };
+        let mut totals = Counters::default();
+        for c in Counter::ALL {
+            let index = c.index(slot);
+            let values = self.maps.counters.get(&index, 0).map_err(map_err)?;
+            totals.0[c as usize] = values.iter().sum();
+            let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(|e| Error::Map {
+                name: names::COUNTERS,
+                reason: e.to_string(),
+            })?;
+            self.maps.counters.set(index, zeros, 0).map_err(map_err)?;
+        }
+        Ok(totals)
+    }
+
+    fn record(&self, key: KeyParts, stats: &FlowStats, clock: &WallClock) -> FlowRecord {
+        let direction = FlowDirection::from_code(key.direction);
+        let here = self.names.name(key.ifindex);
+        let there = self.names.name(stats.other_ifindex);
+        let (iface_in, iface_out) = if key.direction == DIRECTION_EGRESS {
+            (there, here)
+        } else {
+            (here, there)
+        };
+        FlowRecord {
+            src: key.src,
+            dst: key.dst,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            proto: key.proto,
+            tos: stats.tos,
+            tcp_flags: stats.tcp_flags,
+            vlan: key.vlan,
+            ifindex: key.ifindex,
+            direction,
+            other_ifindex: stats.other_ifindex,
+            iface_in,
+            iface_out,
+            next_hop: stats.next_hop_addr(),
+            packets: stats.packets,
+            bytes: stats.bytes,
+            start: clock.wall(stats.first_seen_ns),
+            end: clock.wall(stats.last_seen_ns),
+            sampling_rate: self.sampling_rate,
+        }
+    }
+}
+
+/// The fields both key types share, in userspace types.
+struct KeyParts {
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+    vlan: u16,
+    ifindex: u32,
+    direction: u8,
+}
+
+impl From<&FlowKeyV4> for KeyParts {
+    fn from(k: &FlowKeyV4) -> Self {
+        Self {
+            src: k.src_addr(),
+            dst: k.dst_addr(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            proto: k.proto,
+            vlan: k.vlan,
+            ifindex: k.ifindex,
+            direction: k.direction,
+        }
+    }
+}
+
+impl From<&FlowKeyV6> for KeyParts {
+    fn from(k: &FlowKeyV6) -> Self {
+        Self {
+            src: k.src_addr(),
+            dst: k.dst_addr(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            proto: k.proto,
+            vlan: k.vlan,
+            ifindex: k.ifindex,
+            direction: k.direction,
+        }
+    }
+}

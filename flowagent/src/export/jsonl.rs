@@ -1,0 +1,282 @@
+//! JSON lines output, field names after pmacct's JSON where pmacct has one.
+//!
+//! One line per flow record (`"event_type": "purge"`, as pmacct's print
+//! plugin writes) and one `"event_type": "counters"` line per interval with
+//! the packets accounted outside flows (non-IP, malformed, map overflow) and
+//! records the output itself had to drop.
+
+use std::{
+    fs::OpenOptions,
+    io::{self, BufWriter, Write},
+    net::IpAddr,
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use flowagent_common::Counter;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{config::Output, drain::Batch, flow::FlowRecord};
+
+/// Output errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The output file could not be opened.
+    #[error("cannot open output file {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing failed.
+    #[error("writing flow records: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// The lower-case protocol name pmacct prints (from /etc/protocols), if any.
+pub fn proto_name(proto: u8) -> Option<&'static str> {
+    Some(match proto {
+        1 => "icmp",
+        2 => "igmp",
+        4 => "ipencap",
+        6 => "tcp",
+        17 => "udp",
+        41 => "ipv6",
+        47 => "gre",
+        50 => "esp",
+        51 => "ah",
+        58 => "ipv6-icmp",
+        89 => "ospf",
+        103 => "pim",
+        112 => "vrrp",
+        132 => "sctp",
+        136 => "udplite",
+        _ => return None,
+    })
+}
+
+/// `ip_proto`: the name where known, else the number.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Proto {
+    Name(&'static str),
+    Number(u8),
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[derive(Serialize)]
+struct FlowLine<'a> {
+    event_type: &'static str,
+    ip_src: IpAddr,
+    ip_dst: IpAddr,
+    port_src: u16,
+    port_dst: u16,
+    ip_proto: Proto,
+    tos: u8,
+    tcp_flags: u8,
+    iface_in: Option<&'a str>,
+    iface_out: Option<&'a str>,
+    ifindex: u32,
+    direction: &'static str,
+    vlan: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_ip_dst: Option<IpAddr>,
+    packets: u64,
+    bytes: u64,
+    timestamp_start: String,
+    timestamp_end: String,
+    sampling_rate: u32,
+}
+
+impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
+    fn from(r: &'a FlowRecord) -> Self {
+        FlowLine {
+            event_type: "purge",
+            ip_src: r.src,
+            ip_dst: r.dst,
+            port_src: r.src_port,
+            port_dst: r.dst_port,
+            ip_proto: proto_name(r.proto).map_or(Proto::Number(r.proto), Proto::Name),
+            tos: r.tos,
+            tcp_flags: r.tcp_flags,
+            iface_in: r.iface_in.as_deref(),
+            iface_out: r.iface_out.as_deref(),
+            ifindex: r.ifindex,
+            direction: r.direction.as_str(),
+            vlan: r.vlan,
+            peer_ip_dst: r.next_hop,
+            packets: r.packets,
+            bytes: r.bytes,
+            timestamp_start: rfc3339(r.start),
+            timestamp_end: rfc3339(r.end),
+            sampling_rate: r.sampling_rate,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CountersLine {
+    event_type: &'static str,
+    timestamp_start: String,
+    timestamp_end: String,
+    non_ip_packets: u64,
+    non_ip_bytes: u64,
+    malformed_packets: u64,
+    malformed_bytes: u64,
+    overflow_packets: u64,
+    overflow_bytes: u64,
+    dropped_records: u64,
+    sampling_rate: u32,
+}
+
+/// Writes batches as JSON lines.
+pub struct JsonlWriter<W: Write = Box<dyn Write + Send>> {
+    out: BufWriter<W>,
+}
+
+impl JsonlWriter {
+    /// Opens the output: stdout, or a file opened for appending.
+    pub fn open(output: &Output) -> Result<Self, Error> {
+        let out: Box<dyn Write + Send> = match output {
+            Output::Stdout => Box::new(io::stdout()),
+            Output::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::Open {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        Ok(Self::new(out))
+    }
+}
+
+impl<W: Write> JsonlWriter<W> {
+    /// Writes to `out`.
+    pub fn new(out: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(64 * 1024, out),
+        }
+    }
+
+    /// Writes one batch and flushes it.
+    pub fn write_batch(&mut self, batch: &Batch) -> Result<(), Error> {
+        for record in &batch.records {
+            serde_json::to_writer(&mut self.out, &FlowLine::from(record)).map_err(io::Error::from)?;
+            self.out.write_all(b"\n")?;
+        }
+        let c = &batch.counters;
+        let line = CountersLine {
+            event_type: "counters",
+            timestamp_start: rfc3339(batch.start),
+            timestamp_end: rfc3339(batch.end),
+            non_ip_packets: c.get(Counter::NonIpPackets),
+            non_ip_bytes: c.get(Counter::NonIpBytes),
+            malformed_packets: c.get(Counter::MalformedPackets),
+            malformed_bytes: c.get(Counter::MalformedBytes),
+            overflow_packets: c.get(Counter::OverflowPackets),
+            overflow_bytes: c.get(Counter::OverflowBytes),
+            dropped_records: batch.dropped_records,
+            sampling_rate: batch.sampling_rate,
+        };
+        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Writes batches until the channel closes (blocking: run on its own thread).
+    pub fn run(mut self, mut batches: mpsc::Receiver<Batch>) -> Result<(), Error> {
+        while let Some(batch) = batches.blocking_recv() {
+            self.write_batch(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{drain::Counters, flow::FlowDirection};
+
+    #[test]
+    fn flow_line_uses_pmacct_names() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        let r = FlowRecord {
+            src: Ipv4Addr::new(192, 0, 2, 1).into(),
+            dst: Ipv6Addr::LOCALHOST.into(),
+            src_port: 1234,
+            dst_port: 53,
+            proto: 17,
+            tos: 0xb8,
+            tcp_flags: 0,
+            vlan: 42,
+            ifindex: 3,
+            direction: FlowDirection::Ingress,
+            other_ifindex: 0,
+            iface_in: Some("eth0".into()),
+            iface_out: None,
+            next_hop: None,
+            packets: 2,
+            bytes: 300,
+            start: t,
+            end: t,
+            sampling_rate: 1,
+        };
+        let json = serde_json::to_value(FlowLine::from(&r)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "event_type": "purge", "ip_src": "192.0.2.1", "ip_dst": "::1",
+                "port_src": 1234, "port_dst": 53, "ip_proto": "udp", "tos": 184,
+                "tcp_flags": 0, "iface_in": "eth0", "iface_out": null, "ifindex": 3,
+                "direction": "ingress", "vlan": 42, "packets": 2, "bytes": 300,
+                "timestamp_start": "2023-11-14T22:13:20.250000Z",
+                "timestamp_end": "2023-11-14T22:13:20.250000Z", "sampling_rate": 1
+            })
+        );
+        let unnamed = FlowRecord { proto: 253, ..r };
+        assert_eq!(serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"], 253);
+    }
+
+    #[test]
+    fn counters_line_always_written() {
+        let mut w = JsonlWriter::new(Vec::new());
+        let batch = Batch {
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            records: vec![],
+            counters: Counters([1, 60, 2, 40, 3, 300]),
+            dropped_records: 0,
+            sampling_rate: 10,
+        };
+        w.write_batch(&batch).unwrap();
+        let text = String::from_utf8(w.out.into_inner().unwrap()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "event_type": "counters",
+                "timestamp_start": "1970-01-01T00:00:00.000000Z",
+                "timestamp_end": "1970-01-01T00:00:00.000000Z",
+                "non_ip_packets": 1, "non_ip_bytes": 60, "malformed_packets": 2,
+                "malformed_bytes": 40, "overflow_packets": 3, "overflow_bytes": 300,
+                "dropped_records": 0, "sampling_rate": 10
+            })
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The userspace flow record: one flow, one interval, per-CPU values merged.
+
+use std::{net::IpAddr, time::SystemTime};
+
+use flowagent_common::{DIRECTION_EGRESS, FlowStats};
+
+/// The direction a flow was observed in.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FlowDirection {
+    /// On the way in (XDP, TC ingress).
+    Ingress,
+    /// On the way out (TC egress).
+    Egress,
+}
+
+impl FlowDirection {
+    /// From the kernel's direction code.
+    pub fn from_code(code: u8) -> Self {
+        if code == DIRECTION_EGRESS {
+            FlowDirection::Egress
+        } else {
+            FlowDirection::Ingress
+        }
+    }
+
+    /// Lower-case name, as in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowDirection::Ingress => "ingress",
+            FlowDirection::Egress => "egress",
+        }
+    }
+}
+
+/// One flow's traffic in one drain interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRecord {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (0 when none).
+    pub src_port: u16,
+    /// Destination port; ICMP type << 8 | code for ICMP/ICMPv6.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// ToS / traffic class of the first packet.
+    pub tos: u8,
+    /// OR of all TCP flags.
+    pub tcp_flags: u8,
+    /// Outer VLAN id, 0 when untagged.
+    pub vlan: u16,
+    /// Interface the flow was observed on.
+    pub ifindex: u32,
+    /// Direction it was observed in.
+    pub direction: FlowDirection,
+    /// The other interface (FIB egress for ingress flows, ingress for egress), 0 when none.
+    pub other_ifindex: u32,
+    /// Name of the input interface, when known.
+    pub iface_in: Option<String>,
+    /// Name of the output interface, when known.
+    pub iface_out: Option<String>,
+    /// FIB next hop (gateway) for forwarded ingress flows.
+    pub next_hop: Option<IpAddr>,
+    /// Sampled packets.
+    pub packets: u64,
+    /// Sampled IP bytes.
+    pub bytes: u64,
+    /// First packet (wall clock).
+    pub start: SystemTime,
+    /// Last packet (wall clock).
+    pub end: SystemTime,
+    /// 1 in how many packets was sampled.
+    pub sampling_rate: u32,
+}
+
+/// Merges the per-CPU copies of one flow's statistics. CPUs that saw no
+/// packet of the flow (all-zero copies) are ignored; `None` if none did.
+pub fn merge_per_cpu<'a>(values: impl IntoIterator<Item = &'a FlowStats>) -> Option<FlowStats> {
+    let mut merged: Option<FlowStats> = None;
+    for v in values.into_iter().filter(|v| v.packets > 0) {
+        let Some(m) = merged.as_mut() else {
+            merged = Some(*v);
+            continue;
+        };
+        m.packets += v.packets;
+        m.bytes += v.bytes;
+        m.tcp_flags |= v.tcp_flags;
+        m.last_seen_ns = m.last_seen_ns.max(v.last_seen_ns);
+        if v.first_seen_ns < m.first_seen_ns {
+            // First-packet fields come from the CPU that saw the first packet.
+            m.first_seen_ns = v.first_seen_ns;
+            m.tos = v.tos;
+            if v.other_ifindex != 0 {
+                m.other_ifindex = v.other_ifindex;
+                m.next_hop = v.next_hop;
+            }
+        }
+        if m.other_ifindex == 0 {
+            m.other_ifindex = v.other_ifindex;
+            m.next_hop = v.next_hop;
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(packets: u64, first: u64, last: u64, flags: u8, tos: u8, other: u32) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: flags,
+            tos,
+            other_ifindex: other,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn merges_cpus_and_skips_idle_ones() {
+        let cpus = [
+            stats(0, 0, 0, 0, 0, 0),
+            stats(3, 50, 90, 0x02, 8, 0),
+            stats(2, 10, 60, 0x10, 4, 7),
+        ];
+        let m = merge_per_cpu(&cpus).unwrap();
+        assert_eq!(m.packets, 5);
+        assert_eq!(m.bytes, 500);
+        assert_eq!(m.first_seen_ns, 10);
+        assert_eq!(m.last_seen_ns, 90);
+        assert_eq!(m.tcp_flags, 0x12);
+        assert_eq!(m.tos, 4);
+        assert_eq!(m.other_ifindex, 7);
+        assert_eq!(merge_per_cpu(&[FlowStats::default()]), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! flowagent: in-kernel flow accounting for Linux routers.
+//!
+//! Data flows one way: kernel maps ([`capture`] loads and attaches the
+//! programs that fill them) → [`drain`] (flip, barrier, batch read) →
+//! [`flow::FlowRecord`]s → [`export`]. [`app`] wires the stages together and
+//! owns the shutdown order.
+
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod drain;
+pub mod export;
+pub mod flow;

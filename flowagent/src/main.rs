@@ -1,0 +1,103 @@
+//! The `flowagent` command line: parse flags, load the config file, start
+//! logging, run. Errors come out as one line and a non-zero exit code:
+//! 2 for bad flags or configuration, 1 for anything that stops the agent.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use flowagent::config::RawConfig;
+
+/// eBPF/XDP flow accounting agent for Linux routers.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Interface name or glob to observe (repeatable), e.g. eth0 or 'eth*'.
+    /// Default: the interfaces that carry the default routes.
+    #[arg(long, value_name = "NAME|GLOB")]
+    iface: Vec<String>,
+    /// auto (native XDP, else generic), xdp (native only), xdp-generic, or tc.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// For --mode tc: ingress, egress or both. Default: ingress.
+    #[arg(long, value_name = "DIR")]
+    direction: Option<String>,
+    /// Seconds between drains; one record per flow per interval. Default: 10.
+    #[arg(long, value_name = "SECONDS")]
+    interval: Option<u64>,
+    /// Sample 1 in N packets (random). Default: 1, every packet.
+    #[arg(long, value_name = "N")]
+    sampling: Option<u32>,
+    /// Entries per flow map (IPv4 and IPv6 each). Default: 65536.
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u32>,
+    /// Where JSON lines go: a file (appended) or - for stdout. Default: -.
+    #[arg(long, value_name = "PATH|-")]
+    output: Option<String>,
+}
+
+impl Cli {
+    fn raw(&self) -> RawConfig {
+        RawConfig {
+            iface: self.iface.clone(),
+            mode: self.mode.clone(),
+            direction: self.direction.clone(),
+            interval: self.interval,
+            sampling: self.sampling,
+            max_flows: self.max_flows,
+            output: self.output.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("flowagent: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let file = match &cli.config {
+        Some(path) => match RawConfig::from_file(path) {
+            Ok(raw) => raw,
+            Err(e) => return fail(2, &e),
+        },
+        None => RawConfig::default(),
+    };
+    let config = match file.overlay(cli.raw()).validate() {
+        Ok(config) => config,
+        Err(e) => return fail(2, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    match runtime.block_on(flowagent::app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowagent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("flowagent: {e}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: everything a fresh machine needs, installed only when
+//! missing, so it is cheap to call before every build and test.
+//!
+//! - the nightly toolchain with rust-src (the eBPF crate builds `core` itself);
+//! - bpf-linker 0.13, linked against the libLLVM 22 that nightly ships (no
+//!   system LLVM needed): a prefix directory whose `lib/` links to nightly's
+//!   libLLVM is passed as LLVM_PREFIX to `cargo install`;
+//! - the Debian packages the end-to-end tests and the benchmark use.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{output, run as run_cmd, succeeds};
+
+/// bpf-linker release known to work with nightly's LLVM 22 here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
+/// that nothing is left attached), util-linux (setpriv, unshare for the
+/// privilege and BTF error tests), iputils-ping.
+pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "iputils-ping"];
+
+/// Installs whatever is missing.
+pub fn run() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages(DEBIAN_PACKAGES)?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// True when everything `build` needs is present (no network access).
+pub fn ready() -> bool {
+    nightly_has_rust_src() && bpf_linker_works()
+}
+
+fn nightly_has_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if nightly_has_rust_src() {
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context("installing the nightly toolchain with rust-src")
+}
+
+fn bpf_linker_works() -> bool {
+    // aya-build runs bpf-linker through `rustup run nightly`, which puts
+    // nightly's libLLVM on the library path; check it the same way.
+    Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let libdir = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.22"))
+        .with_context(|| {
+            format!(
+                "nightly at {} ships no libLLVM.so.22*; bpf-linker {BPF_LINKER_VERSION} needs LLVM 22",
+                sysroot.display()
+            )
+        })?;
+    // A stable prefix (not /tmp): bpf-linker keeps it as its RUNPATH.
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = home.join("flowagent-llvm22");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker against nightly's libLLVM")?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but `rustup run nightly bpf-linker --version` fails");
+    }
+    Ok(())
+}
+
+fn debian_package_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the Debian packages in `packages` that are missing.
+pub fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !succeeds(Command::new("apt-get").arg("--version")) {
+        bail!("missing Debian packages {missing:?} and no apt-get to install them");
+    }
+    let sudo: &[&str] = if crate::util::is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run_cmd(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    run_cmd(&mut install).with_context(|| format!("installing {missing:?}"))
+}
