@@ -73,6 +73,34 @@ pub struct FlowRecord {
     pub end: SystemTime,
     /// 1 in how many packets was sampled.
     pub sampling_rate: u32,
+    /// Routing context (BGP or networks file); all default without routes.
+    pub enrichment: Enrichment,
+}
+
+/// Routing context of a flow, pmacct semantics: filled by the enrichment
+/// stage from the RIB; zeros and `None` when no route covers an address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Enrichment {
+    /// Origin AS of the best route covering the source address.
+    pub as_src: u32,
+    /// Origin AS of the best route covering the destination address.
+    pub as_dst: u32,
+    /// Neighbour AS the traffic came in from (peer_src_as map, else first AS toward the source).
+    pub peer_as_src: u32,
+    /// First AS of the path toward the destination.
+    pub peer_as_dst: u32,
+    /// Matched source prefix and its length.
+    pub net_src: Option<(IpAddr, u8)>,
+    /// Matched destination prefix and its length.
+    pub net_dst: Option<(IpAddr, u8)>,
+    /// BGP next hop of the destination route.
+    pub bgp_nexthop: Option<IpAddr>,
+    /// AS_PATH of the destination route, when asked for.
+    pub as_path: Vec<u32>,
+    /// Standard communities (RFC 1997) of the destination route, when asked for.
+    pub communities: Vec<u32>,
+    /// Large communities (RFC 8092) of the destination route, when asked for.
+    pub large_communities: Vec<[u32; 3]>,
 }
 
 /// Merges the per-CPU copies of one flow's statistics. CPUs that saw no

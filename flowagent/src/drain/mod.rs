@@ -383,6 +383,7 @@ impl Drainer {
             start: clock.wall(stats.first_seen_ns),
             end: clock.wall(stats.last_seen_ns),
             sampling_rate: self.sampling_rate,
+            enrichment: Default::default(),
         }
     }
 }

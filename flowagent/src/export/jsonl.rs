@@ -236,6 +236,7 @@ mod tests {
             start: t,
             end: t,
             sampling_rate: 1,
+            enrichment: Default::default(),
         };
         let json = serde_json::to_value(FlowLine::from(&r)).unwrap();
         assert_eq!(
