@@ -1,0 +1,519 @@
+//! End-to-end capture tests: the real agent, the real eBPF programs, real
+//! frames between network namespaces, exact numbers.
+//!
+//! Run as root through `cargo xtask test` (which sets FLOWAGENT_BIN).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use flowagent_tests::{
+    agent::{Agent, Output},
+    lab::{GEN_MAC, Lab, OBS_MAC},
+    packet::{
+        self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, V4Opts, mac, tcp_flags, v4, v6,
+    },
+    send::Sender,
+};
+use serde_json::Value;
+
+/// One flow of the standard mix: its frames and what the record must say.
+struct Expect {
+    name: &'static str,
+    src: &'static str,
+    dst: &'static str,
+    port_src: u64,
+    port_dst: u64,
+    proto: Value,
+    vlan: u64,
+    tos: u64,
+    tcp_flags: u64,
+    frames: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+fn eth(vlans: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    packet::eth(mac(OBS_MAC), mac(GEN_MAC), vlans, ethertype, payload)
+}
+
+fn repeat(frame: Vec<u8>, n: usize) -> Vec<Vec<u8>> {
+    vec![frame; n]
+}
+
+/// IPv4 UDP with ToS, IPv4 TCP with SYN/ACK/PSH/FIN, IPv6 UDP, ICMP echo,
+/// ICMPv6 echo, an 802.1Q-tagged flow and a QinQ flow.
+fn standard_mix() -> Vec<Expect> {
+    let a = v4("10.0.1.1");
+    let b = v4("10.0.2.2");
+    let udp4 = packet::ipv4(
+        a,
+        b,
+        17,
+        &V4Opts {
+            tos: 0xb8,
+            ..Default::default()
+        },
+        &packet::udp(1111, 2222, &[7; 100]),
+    );
+    let tcp = |flags, payload: &[u8]| {
+        eth(
+            &[],
+            ETH_P_IP,
+            &packet::ipv4(
+                a,
+                b,
+                6,
+                &V4Opts::default(),
+                &packet::tcp(40000, 80, flags, payload),
+            ),
+        )
+    };
+    let udp6 = packet::ipv6(
+        v6("2001:db8::1"),
+        v6("2001:db8::2"),
+        17,
+        0x20,
+        &packet::udp(5353, 53, &[1; 20]),
+    );
+    let icmp = packet::ipv4(a, b, 1, &V4Opts::default(), &packet::icmp(8, 0, &[0; 56]));
+    let icmp6 = packet::ipv6(
+        v6("2001:db8::1"),
+        v6("2001:db8::2"),
+        58,
+        0,
+        &packet::icmp(128, 0, &[0; 8]),
+    );
+    let tagged = packet::ipv4(
+        v4("10.0.3.3"),
+        v4("10.0.4.4"),
+        17,
+        &V4Opts::default(),
+        &packet::udp(3333, 4444, &[2; 10]),
+    );
+    let qinq = packet::ipv4(
+        v4("10.0.5.5"),
+        v4("10.0.6.6"),
+        17,
+        &V4Opts::default(),
+        &packet::udp(5555, 6666, &[3; 30]),
+    );
+    vec![
+        Expect {
+            name: "ipv4 udp",
+            src: "10.0.1.1",
+            dst: "10.0.2.2",
+            port_src: 1111,
+            port_dst: 2222,
+            proto: "udp".into(),
+            vlan: 0,
+            tos: 0xb8,
+            tcp_flags: 0,
+            bytes: 7 * 128,
+            frames: repeat(eth(&[], ETH_P_IP, &udp4), 7),
+        },
+        Expect {
+            name: "ipv4 tcp",
+            src: "10.0.1.1",
+            dst: "10.0.2.2",
+            port_src: 40000,
+            port_dst: 80,
+            proto: "tcp".into(),
+            vlan: 0,
+            tos: 0,
+            tcp_flags: (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN) as u64,
+            bytes: 40 + 40 + 90 + 40,
+            frames: vec![
+                tcp(tcp_flags::SYN, &[]),
+                tcp(tcp_flags::ACK, &[]),
+                tcp(tcp_flags::PSH | tcp_flags::ACK, &[9; 50]),
+                tcp(tcp_flags::FIN | tcp_flags::ACK, &[]),
+            ],
+        },
+        Expect {
+            name: "ipv6 udp",
+            src: "2001:db8::1",
+            dst: "2001:db8::2",
+            port_src: 5353,
+            port_dst: 53,
+            proto: "udp".into(),
+            vlan: 0,
+            tos: 0x20,
+            tcp_flags: 0,
+            bytes: 3 * 68,
+            frames: repeat(eth(&[], ETH_P_IPV6, &udp6), 3),
+        },
+        Expect {
+            name: "icmp echo",
+            src: "10.0.1.1",
+            dst: "10.0.2.2",
+            port_src: 0,
+            port_dst: 8 << 8,
+            proto: "icmp".into(),
+            vlan: 0,
+            tos: 0,
+            tcp_flags: 0,
+            bytes: 5 * 84,
+            frames: repeat(eth(&[], ETH_P_IP, &icmp), 5),
+        },
+        Expect {
+            name: "icmpv6 echo",
+            src: "2001:db8::1",
+            dst: "2001:db8::2",
+            port_src: 0,
+            port_dst: 128 << 8,
+            proto: "ipv6-icmp".into(),
+            vlan: 0,
+            tos: 0,
+            tcp_flags: 0,
+            bytes: 2 * 56,
+            frames: repeat(eth(&[], ETH_P_IPV6, &icmp6), 2),
+        },
+        Expect {
+            name: "802.1Q vlan 42",
+            src: "10.0.3.3",
+            dst: "10.0.4.4",
+            port_src: 3333,
+            port_dst: 4444,
+            proto: "udp".into(),
+            vlan: 42,
+            tos: 0,
+            tcp_flags: 0,
+            bytes: 6 * 38,
+            frames: repeat(eth(&[(ETH_P_8021Q, 42)], ETH_P_IP, &tagged), 6),
+        },
+        Expect {
+            name: "QinQ 100/200",
+            src: "10.0.5.5",
+            dst: "10.0.6.6",
+            port_src: 5555,
+            port_dst: 6666,
+            proto: "udp".into(),
+            vlan: 100,
+            tos: 0,
+            tcp_flags: 0,
+            bytes: 2 * 58,
+            frames: repeat(
+                eth(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_IP, &qinq),
+                2,
+            ),
+        },
+    ]
+}
+
+fn records_of<'a>(out: &'a Output, e: &Expect) -> Vec<&'a Value> {
+    out.flows
+        .iter()
+        .filter(|f| {
+            f["ip_src"] == e.src
+                && f["ip_dst"] == e.dst
+                && f["port_src"] == e.port_src
+                && f["port_dst"] == e.port_dst
+                && f["ip_proto"] == e.proto
+        })
+        .collect()
+}
+
+/// Checks every flow of the mix against the records; `iface` and
+/// `direction` are where it was observed.
+fn check_mix(out: &Output, mix: &[Expect], iface: &str, direction: &str) {
+    for e in mix {
+        let recs = records_of(out, e);
+        assert!(
+            !recs.is_empty(),
+            "{}: no record in {:#?}",
+            e.name,
+            out.flows
+        );
+        let packets: u64 = recs.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+        let bytes: u64 = recs.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+        let flags = recs
+            .iter()
+            .fold(0, |acc, r| acc | r["tcp_flags"].as_u64().unwrap());
+        assert_eq!(packets, e.frames.len() as u64, "{} packets", e.name);
+        assert_eq!(bytes, e.bytes, "{} bytes", e.name);
+        assert_eq!(flags, e.tcp_flags, "{} tcp_flags", e.name);
+        for r in &recs {
+            assert_eq!(r["vlan"], e.vlan, "{} vlan: {r}", e.name);
+            assert_eq!(r["tos"], e.tos, "{} tos: {r}", e.name);
+            assert_eq!(r["direction"], direction, "{}: {r}", e.name);
+            let observed = if direction == "ingress" {
+                "iface_in"
+            } else {
+                "iface_out"
+            };
+            assert_eq!(r[observed], iface, "{}: {r}", e.name);
+            assert_eq!(r["sampling_rate"], 1, "{}: {r}", e.name);
+            assert!(r["timestamp_start"].as_str().unwrap().ends_with('Z'));
+            assert!(
+                r["timestamp_start"].as_str() <= r["timestamp_end"].as_str(),
+                "{r}"
+            );
+        }
+    }
+    // Nothing but the mix was seen.
+    let total: u64 = mix.iter().map(|e| e.frames.len() as u64).sum();
+    assert_eq!(out.sum("packets", |_| true), total, "{:#?}", out.flows);
+    assert_eq!(out.counter("non_ip_packets"), 0);
+    assert_eq!(out.counter("malformed_packets"), 0);
+    assert_eq!(out.counter("overflow_packets"), 0);
+}
+
+fn send_mix(sender: &Sender, mix: &[Expect]) {
+    for e in mix {
+        for f in &e.frames {
+            sender.send(f);
+        }
+    }
+}
+
+#[test]
+fn xdp_counts_exact_flows() {
+    let lab = Lab::new("xdp");
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--mode", "xdp", "--interval", "60"],
+    );
+    assert!(
+        agent.log().contains("attached native XDP to gb"),
+        "{}",
+        agent.log()
+    );
+    let mix = standard_mix();
+    send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    check_mix(&out, &mix, "gb", "ingress");
+}
+
+#[test]
+fn xdp_generic_counts_exact_flows() {
+    let lab = Lab::new("xdpg");
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--mode", "xdp-generic", "--interval", "60"],
+    );
+    assert!(
+        agent.log().contains("attached generic XDP to gb"),
+        "{}",
+        agent.log()
+    );
+    let mix = standard_mix();
+    send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
+    std::thread::sleep(Duration::from_millis(300));
+    check_mix(&agent.stop(), &mix, "gb", "ingress");
+}
+
+#[test]
+fn tc_ingress_counts_exact_flows() {
+    let lab = Lab::new("tci");
+    let agent = Agent::start(
+        &lab.obs,
+        &[
+            "--iface",
+            "gb",
+            "--mode",
+            "tc",
+            "--direction",
+            "ingress",
+            "--interval",
+            "60",
+        ],
+    );
+    let mix = standard_mix();
+    send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
+    std::thread::sleep(Duration::from_millis(300));
+    check_mix(&agent.stop(), &mix, "gb", "ingress");
+}
+
+#[test]
+fn tc_egress_counts_exact_flows() {
+    let lab = Lab::new("tce");
+    let agent = Agent::start(
+        &lab.obs,
+        &[
+            "--iface",
+            "gb",
+            "--mode",
+            "tc",
+            "--direction",
+            "egress",
+            "--interval",
+            "60",
+        ],
+    );
+    // Frames leave the observed namespace through gb: the egress hook sees them.
+    let mix = standard_mix();
+    send_mix(&Sender::new(lab.obs.name(), "gb"), &mix);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    check_mix(&out, &mix, "gb", "egress");
+    // Locally sent: no ingress interface.
+    assert!(
+        out.flows.iter().all(|f| f["iface_in"].is_null()),
+        "{:#?}",
+        out.flows
+    );
+}
+
+/// Sums packets and bytes per (src, dst, sport, dport) over all records.
+fn totals(out: &Output) -> BTreeMap<String, (u64, u64, usize)> {
+    let mut m = BTreeMap::new();
+    for f in &out.flows {
+        let k = format!(
+            "{} {} {} {}",
+            f["ip_src"], f["ip_dst"], f["port_src"], f["port_dst"]
+        );
+        let e = m.entry(k).or_insert((0, 0, 0));
+        e.0 += f["packets"].as_u64().unwrap();
+        e.1 += f["bytes"].as_u64().unwrap();
+        e.2 += 1;
+    }
+    m
+}
+
+#[test]
+fn continuous_traffic_over_many_intervals_sums_exactly() {
+    let lab = Lab::new("cont");
+    let agent = Agent::start(&lab.obs, &["--iface", "gb", "--interval", "1"]);
+    let sender = Sender::new(lab.gen_ns.name(), "ga");
+    let f4 = eth(
+        &[],
+        ETH_P_IP,
+        &packet::ipv4(
+            v4("10.1.0.1"),
+            v4("10.1.0.2"),
+            17,
+            &V4Opts::default(),
+            &packet::udp(1, 2, &[0; 72]),
+        ),
+    );
+    let f6 = eth(
+        &[],
+        ETH_P_IPV6,
+        &packet::ipv6(
+            v6("2001:db8:1::1"),
+            v6("2001:db8:1::2"),
+            17,
+            0,
+            &packet::udp(3, 4, &[0; 12]),
+        ),
+    );
+    // 3 frames every 2 ms for about 6.5 s: more than 5 drain boundaries
+    // cross a steady stream.
+    let rounds = 3200;
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        sender.send(&f4);
+        sender.send(&f6);
+        sender.send(&f4);
+        let due = start + Duration::from_millis(2) * (i + 1);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    // SIGINT right after the last frame: the final drain must take the rest.
+    let out = agent.stop();
+    let t = totals(&out);
+    let v4 = t["\"10.1.0.1\" \"10.1.0.2\" 1 2"];
+    let v6 = t["\"2001:db8:1::1\" \"2001:db8:1::2\" 3 4"];
+    assert_eq!(v4.0, 2 * rounds as u64, "IPv4 packets");
+    assert_eq!(v4.1, 2 * rounds as u64 * 100, "IPv4 bytes");
+    assert_eq!(v6.0, rounds as u64, "IPv6 packets");
+    assert_eq!(v6.1, rounds as u64 * 60, "IPv6 bytes");
+    assert!(
+        out.counters.len() >= 6,
+        "only {} intervals",
+        out.counters.len()
+    );
+    assert!(
+        v4.2 >= 6 && v6.2 >= 6,
+        "flows split over too few intervals: {v4:?} {v6:?}"
+    );
+    assert_eq!(t.len(), 2, "{t:#?}");
+}
+
+#[test]
+fn sampling_stays_within_binomial_bounds() {
+    let lab = Lab::new("samp");
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--sampling", "100", "--interval", "60"],
+    );
+    let frame = eth(
+        &[],
+        ETH_P_IP,
+        &packet::ipv4(
+            v4("10.2.0.1"),
+            v4("10.2.0.2"),
+            17,
+            &V4Opts::default(),
+            &packet::udp(5, 6, &[0; 22]),
+        ),
+    );
+    let sender = Sender::new(lab.gen_ns.name(), "ga");
+    let n = 40_000u64;
+    for _ in 0..n {
+        sender.send(&frame);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    let sampled = out.sum("packets", |_| true);
+    // Binomial(n, 1/100): mean 400, sd sqrt(n p (1-p)) = 19.9. Five standard
+    // deviations either side: a correct sampler fails this once in ~1.7M runs.
+    let mean = n as f64 / 100.0;
+    let sd = (n as f64 * 0.01 * 0.99).sqrt();
+    assert!(
+        (sampled as f64 - mean).abs() <= 5.0 * sd,
+        "sampled {sampled} of {n}, expected {mean} ± {:.0}",
+        5.0 * sd
+    );
+    assert_eq!(out.sum("bytes", |_| true), sampled * 50);
+    assert!(out.flows.iter().all(|f| f["sampling_rate"] == 100));
+    assert!(out.counters.iter().all(|c| c["sampling_rate"] == 100));
+}
+
+#[test]
+fn full_map_overflow_is_counted_exactly() {
+    let lab = Lab::new("full");
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--max-flows", "16", "--interval", "60"],
+    );
+    let sender = Sender::new(lab.gen_ns.name(), "ga");
+    let flows = 200u16;
+    for round in 0..2 {
+        for port in 0..flows {
+            let f = eth(
+                &[],
+                ETH_P_IP,
+                &packet::ipv4(
+                    v4("10.3.0.1"),
+                    v4("10.3.0.2"),
+                    17,
+                    &V4Opts::default(),
+                    &packet::udp(10_000 + port, 53, &[round; 12]),
+                ),
+            );
+            sender.send(&f);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    let in_flows = out.sum("packets", |_| true);
+    let overflow = out.counter("overflow_packets");
+    assert_eq!(
+        in_flows + overflow,
+        2 * flows as u64,
+        "flows {in_flows} + overflow {overflow}"
+    );
+    assert_eq!(
+        out.sum("bytes", |_| true) + out.counter("overflow_bytes"),
+        2 * flows as u64 * 40
+    );
+    // The map holds exactly 16 flows; each got both of its packets.
+    assert_eq!(out.flows.len(), 16, "{:#?}", out.flows);
+    assert_eq!(in_flows, 32);
+    assert!(
+        out.log.contains("flow map full"),
+        "aya-log warning missing:\n{}",
+        out.log
+    );
+}
