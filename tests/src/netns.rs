@@ -100,3 +100,66 @@ pub fn veth(a: &Netns, a_name: &str, a_mac: &str, b: &Netns, b_name: &str, b_mac
     a.ip(&["link", "set", a_name, "up"]);
     b.ip(&["link", "set", b_name, "up"]);
 }
+
+/// Runs `f` on a thread that has entered namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on this short-lived thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Number of programs attached through tcx to `iface` in `ns`
+/// (BPF_PROG_QUERY; bpftool before 7.3 does not list tcx).
+pub fn tcx_program_count(ns: &str, iface: &str, egress: bool) -> u32 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    let iface = std::ffi::CString::new(iface).unwrap();
+    in_netns(ns, move || {
+        // SAFETY: valid C string; the attr is a correctly laid out prefix of bpf_attr.
+        unsafe {
+            let index = libc::if_nametoindex(iface.as_ptr());
+            assert_ne!(index, 0, "no interface {iface:?}");
+            let mut q = Query {
+                target_ifindex: index,
+                attach_type: if egress {
+                    BPF_TCX_EGRESS
+                } else {
+                    BPF_TCX_INGRESS
+                },
+                ..Default::default()
+            };
+            let rc = libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut q as *mut Query,
+                std::mem::size_of::<Query>() as u32,
+            );
+            assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+            q.prog_cnt
+        }
+    })
+}
