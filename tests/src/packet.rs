@@ -61,7 +61,7 @@ fn checksum(data: &[u8]) -> u16 {
 }
 
 /// IPv4 header fields beyond addresses and protocol.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct V4Opts {
     /// ToS byte.
     pub tos: u8,
@@ -71,17 +71,6 @@ pub struct V4Opts {
     pub more_fragments: bool,
     /// IP options (padded by the caller to a multiple of 4).
     pub options: Vec<u8>,
-}
-
-impl Default for V4Opts {
-    fn default() -> Self {
-        V4Opts {
-            tos: 0,
-            frag_offset: 0,
-            more_fragments: false,
-            options: Vec::new(),
-        }
-    }
 }
 
 /// An IPv4 packet with a correct header checksum. Total length = header + payload.

@@ -148,7 +148,7 @@ impl Receiver {
                     &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr,
                     &mut len,
                 );
-                (n, from.sll_pkttype != libc::PACKET_OUTGOING as u8)
+                (n, from.sll_pkttype != libc::PACKET_OUTGOING)
             };
             if n < 0 {
                 return frames;
