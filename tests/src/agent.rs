@@ -180,24 +180,32 @@ impl Agent {
     }
 
     /// SIGINT, wait for a clean exit (status 0), and return the output.
-    pub fn stop(mut self) -> Output {
-        let status = self.interrupt();
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `signal`, waits for a clean exit (status 0), returns the output.
+    pub fn stop_with(mut self, signal: i32) -> Output {
+        let status = self.signal_and_wait(signal);
         let out = self.read();
         assert!(status.success(), "agent exited with {status}:\n{}", out.log);
         out
     }
 
-    fn interrupt(&mut self) -> ExitStatus {
+    fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
         let child = self.child.as_mut().unwrap();
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "agent did not exit after SIGINT");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

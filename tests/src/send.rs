@@ -70,8 +70,15 @@ impl Sender {
         }
     }
 
-    /// Sends one frame.
+    /// Sends one frame, panicking if the kernel refuses it.
     pub fn send(&self, frame: &[u8]) {
+        if let Err(e) = self.try_send(frame) {
+            panic!("send of {} bytes failed: {e}", frame.len());
+        }
+    }
+
+    /// Sends one frame.
+    pub fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: valid socket and buffer.
         let rc = unsafe {
             libc::send(
@@ -81,13 +88,11 @@ impl Sender {
                 0,
             )
         };
-        assert_eq!(
-            rc,
-            frame.len() as isize,
-            "send of {} bytes failed: {}",
-            frame.len(),
-            std::io::Error::last_os_error()
-        );
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        assert_eq!(rc, frame.len() as isize, "short send");
+        Ok(())
     }
 
     /// Sends `frame` `count` times, `gap` apart.

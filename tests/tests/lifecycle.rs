@@ -125,3 +125,27 @@ fn exit_leaves_nothing_attached_in_any_mode() {
         assert_nothing_attached(lab.obs.name(), &["gb"]);
     }
 }
+
+#[test]
+fn without_iface_the_default_route_interface_is_used_and_sigterm_drains() {
+    let lab = Lab::new("dflt");
+    lab.obs.ip(&["addr", "add", "10.31.0.1/24", "dev", "gb"]);
+    lab.obs
+        .ip(&["route", "add", "default", "via", "10.31.0.2", "dev", "gb"]);
+    // A second interface without a default route must be left alone.
+    lab.obs.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
+    let agent = Agent::start(&lab.obs, &["--interval", "60"]);
+    let log = agent.log();
+    assert!(log.contains("XDP to gb"), "{log}");
+    assert!(!log.contains("other0"), "{log}");
+    let sender = Sender::new(lab.gen_ns.name(), "ga");
+    for _ in 0..5 {
+        sender.send(&frame(4));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = agent.stop_with(libc::SIGTERM);
+    assert_eq!(out.sum("packets", |f| f["iface_in"] == "gb"), 5);
+    assert!(out.log.contains("SIGTERM"), "{}", out.log);
+}
