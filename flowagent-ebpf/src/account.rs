@@ -98,7 +98,7 @@ fn update<C: EbpfContext, K>(
     let mut stats = FlowStats::default();
     init(ctx, &mut stats, meta, obs, now, &fib);
     add(&mut stats, meta, now);
-    match map.insert(key, &stats, BPF_NOEXIST as u64) {
+    match map.insert(key, stats, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(err) if err == -EEXIST => {
             // Another CPU inserted the key between our lookup and insert.

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs.
 //!
-//! 1. `cargo fmt --check` and `cargo clippy -D warnings` (userspace crates);
+//! 1. `cargo fmt --check`, `cargo clippy -D warnings` on the userspace crates
+//!    and, with nightly for the BPF target, on the eBPF crate;
 //! 2. unit tests of the workspace (no privileges needed);
 //! 3. the end-to-end tests in tests/, as root: they create network
 //!    namespaces and veth pairs, run the built agent, send real frames and
@@ -30,6 +31,28 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !opts.no_lint {
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        // The eBPF crate only builds for the BPF target, with nightly.
+        run_cmd(
+            Command::new("rustup")
+                .current_dir(crate::util::workspace_root())
+                .args([
+                    "run",
+                    "nightly",
+                    "cargo",
+                    "clippy",
+                    "--package",
+                    "flowagent-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--target-dir",
+                    "target/ebpf-clippy",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+        )?;
     }
     run_cmd(cargo().args([
         "test",
