@@ -27,6 +27,8 @@ pub mod names {
     pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
     /// The XDP program.
     pub const PROG_XDP: &str = "flowagent_xdp";
+    /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
+    pub const PROG_NOOP: &str = "flowagent_noop";
     /// The TC classifier for clsact/tcx ingress.
     pub const PROG_TC_INGRESS: &str = "flowagent_tc_ingress";
     /// The TC classifier for clsact/tcx egress.

@@ -50,6 +50,13 @@ pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Does nothing: the baseline `cargo xtask bench` subtracts from the flow
+/// program's cost. The agent never attaches it.
+#[xdp]
+pub fn flowagent_noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {

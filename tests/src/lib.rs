@@ -9,6 +9,7 @@
 //! The agent binary comes from `FLOWAGENT_BIN` (set by `cargo xtask test`).
 
 pub mod agent;
+pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod packet;

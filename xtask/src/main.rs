@@ -1,8 +1,9 @@
-//! Developer tasks for flowagent: `cargo xtask setup|build|run|test`.
+//! Developer tasks for flowagent: `cargo xtask setup|build|run|test|bench`.
 //!
 //! Each subcommand is a module; `build`, `run` and `test` call `setup`'s
 //! check first and install only what is missing.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -30,6 +31,9 @@ enum Command {
     /// Formatting and lint checks, unit tests, then the privileged
     /// end-to-end tests in network namespaces.
     Test(test::Options),
+    /// Measure cost, scale and accuracy against baselines and pmacctd;
+    /// writes BENCHMARKS.md and bench-results.json.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(opts) => build::run(&opts).map(drop),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

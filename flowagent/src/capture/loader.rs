@@ -25,15 +25,21 @@ pub fn sample_threshold(rate: u32) -> u32 {
     }
 }
 
-/// Loads the object and the programs `config.mode` uses.
-pub fn load(config: &Config) -> Result<Ebpf, Error> {
-    let threshold = sample_threshold(config.sampling);
+/// Loads the object (maps created, no program loaded yet) for 1-in-`sampling`
+/// sampling and flow maps of `max_flows` entries.
+pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
+    let threshold = sample_threshold(sampling);
     let mut loader = EbpfLoader::new();
     loader.override_global(names::SAMPLE_THRESHOLD, &threshold, true);
     for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
-        loader.map_max_entries(name, config.max_flows);
+        loader.map_max_entries(name, max_flows);
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+    loader.load(EBPF_OBJECT).map_err(Error::Load)
+}
+
+/// Loads the object and the programs `config.mode` uses.
+pub fn load(config: &Config) -> Result<Ebpf, Error> {
+    let mut ebpf = load_object(config.sampling, config.max_flows)?;
     if config.mode == Mode::Tc {
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             program::<SchedClassifier>(&mut ebpf, name)?

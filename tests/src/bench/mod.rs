@@ -1,0 +1,34 @@
+//! `cargo xtask bench`: cost, scale and accuracy, each against a baseline
+//! measured in the same run. Writes BENCHMARKS.md and bench-results.json.
+
+pub mod cpu;
+pub mod e2e;
+pub mod kernel;
+pub mod report;
+pub mod trafgen;
+
+use std::path::Path;
+
+use crate::agent::TempDir;
+
+/// Runs every section and writes the two result files into `out_dir`.
+pub fn run(out_dir: &Path, quick: bool) {
+    let machine = report::Machine::read(quick);
+    let scratch = TempDir::new("bench");
+    let mut figures = Vec::new();
+    eprintln!("bench: in-kernel cost, live traffic");
+    figures.extend(kernel::live(&scratch.0, quick));
+    eprintln!("bench: in-kernel cost, BPF_PROG_TEST_RUN");
+    figures.extend(kernel::test_run(quick));
+    eprintln!("bench: end to end against pmacctd");
+    figures.extend(e2e::run(&scratch.0, quick));
+    let json = report::to_json(&machine, &figures);
+    std::fs::write(
+        out_dir.join("bench-results.json"),
+        serde_json::to_string_pretty(&json).unwrap() + "\n",
+    )
+    .expect("write bench-results.json");
+    let md = report::to_markdown(&machine, &figures);
+    std::fs::write(out_dir.join("BENCHMARKS.md"), &md).expect("write BENCHMARKS.md");
+    print!("{md}");
+}

@@ -1,0 +1,40 @@
+//! Traffic from trafgen (netsniff-ng): a packet given as bytes, optionally
+//! with a random IPv4 source address per packet, sent N times from one CPU.
+
+use std::{path::Path, process::Command, time::Instant};
+
+/// Writes a trafgen config that sends `frame`; with `random = Some((at, n))`
+/// the `n` bytes at offset `at` are random per packet (4 bytes of an IPv4
+/// source: a new flow per packet; 2 bytes: 65536 flows).
+pub fn write_config(path: &Path, frame: &[u8], random: Option<(usize, usize)>) {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < frame.len() {
+        if let Some((at, n)) = random.filter(|(at, _)| *at == i) {
+            parts.push(format!("drnd({n})"));
+            i = at + n;
+        } else {
+            parts.push(format!("0x{:02x}", frame[i]));
+            i += 1;
+        }
+    }
+    std::fs::write(path, format!("{{ {} }}\n", parts.join(", "))).unwrap();
+}
+
+/// Sends `count` packets from `dev` in namespace `ns` on one CPU; returns
+/// the wall time it took.
+pub fn send(ns: &str, dev: &str, config: &Path, count: u64) -> std::time::Duration {
+    let start = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "trafgen", "--dev", dev, "--conf"])
+        .arg(config)
+        .args(["--num", &count.to_string(), "--cpus", "1", "--no-sock-mem"])
+        .output()
+        .expect("run trafgen (Debian package netsniff-ng)");
+    assert!(
+        out.status.success(),
+        "trafgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}

@@ -1,0 +1,22 @@
+//! The benchmark runner behind `cargo xtask bench` (needs root).
+//!
+//! Usage: flowagent-bench [--quick] [--out DIR]
+
+fn main() {
+    let mut quick = false;
+    let mut out = std::path::PathBuf::from(".");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = args.next().expect("--out DIR").into(),
+            other => {
+                eprintln!(
+                    "flowagent-bench: unknown argument {other:?}; usage: flowagent-bench [--quick] [--out DIR]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    flowagent_tests::bench::run(&out, quick);
+}
