@@ -2,6 +2,7 @@
 //! measured in the same run. Writes BENCHMARKS.md and bench-results.json.
 
 pub mod cpu;
+pub mod drain;
 pub mod e2e;
 pub mod kernel;
 pub mod report;
@@ -20,6 +21,8 @@ pub fn run(out_dir: &Path, quick: bool) {
     figures.extend(kernel::live(&scratch.0, quick));
     eprintln!("bench: in-kernel cost, BPF_PROG_TEST_RUN");
     figures.extend(kernel::test_run(quick));
+    eprintln!("bench: drain");
+    figures.extend(drain::run(quick));
     eprintln!("bench: end to end against pmacctd");
     figures.extend(e2e::run(&scratch.0, quick));
     let json = report::to_json(&machine, &figures);
