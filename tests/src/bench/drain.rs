@@ -37,7 +37,10 @@ fn filled(n: u32) -> Ebpf {
     let mut frame = frame_v4();
     for i in 0..n {
         frame[SRC_AT..SRC_AT + 4].copy_from_slice(&(0x0b00_0000 + i).to_be_bytes());
-        let opts = TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() };
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::new()
+        };
         xdp.test_run(opts).expect("BPF_PROG_TEST_RUN");
     }
     ebpf
@@ -45,7 +48,10 @@ fn filled(n: u32) -> Ebpf {
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -56,7 +62,8 @@ fn agent_drain(n: u32) -> (f64, f64, usize) {
     let mut ebpf = filled(n);
     let maps = Maps::take(&mut ebpf).expect("maps");
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let mut drainer = Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
+    let mut drainer =
+        Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
     let (t0, c0) = (Instant::now(), thread_cpu());
     let batch = drainer.drain().expect("drain");
     let (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
@@ -67,7 +74,8 @@ fn agent_drain(n: u32) -> (f64, f64, usize) {
 fn baseline_drain(n: u32) -> (f64, usize) {
     let mut ebpf = filled(n);
     let map = ebpf.take_map(names::FLOWS_V4[0]).expect("map");
-    let mut map: PerCpuHashMap<_, FlowKeyV4, FlowStats> = PerCpuHashMap::try_from(map).expect("per-CPU hash");
+    let mut map: PerCpuHashMap<_, FlowKeyV4, FlowStats> =
+        PerCpuHashMap::try_from(map).expect("per-CPU hash");
     let t0 = Instant::now();
     let keys: Vec<FlowKeyV4> = map.keys().map(|k| k.expect("key")).collect();
     let mut packets = 0u64;
@@ -83,7 +91,11 @@ fn baseline_drain(n: u32) -> (f64, usize) {
 
 /// The figures for 10k, 100k and (full run) 1M flows.
 pub fn run(quick: bool) -> Vec<Figure> {
-    let sizes: &[u32] = if quick { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000] };
+    let sizes: &[u32] = if quick {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
     let reps = if quick { 1 } else { 3 };
     let mut figures = Vec::new();
     for &n in sizes {
@@ -101,7 +113,10 @@ pub fn run(quick: bool) -> Vec<Figure> {
             assert_eq!(bkeys, n as usize);
             base_rates.push(n as f64 / bwall / 1e6);
         }
-        let conditions = format!("{n} IPv4 flows, 2 possible CPUs, map of {} entries", n.next_power_of_two());
+        let conditions = format!(
+            "{n} IPv4 flows, 2 possible CPUs, map of {} entries",
+            n.next_power_of_two()
+        );
         let rate = median(&rates);
         let base = median(&base_rates);
         figures.push(Figure {
@@ -110,7 +125,10 @@ pub fn run(quick: bool) -> Vec<Figure> {
             value: rate,
             unit: "M entries/s",
             baseline: Some(("key-by-key iterate and delete".into(), base)),
-            target: Some((">= 4 M/s and >= 5 x baseline".into(), rate >= 4.0 && rate >= 5.0 * base)),
+            target: Some((
+                ">= 4 M/s and >= 5 x baseline".into(),
+                rate >= 4.0 && rate >= 5.0 * base,
+            )),
             samples: rates,
             conditions: conditions.clone(),
         });

@@ -12,19 +12,29 @@ use std::path::Path;
 
 use crate::agent::TempDir;
 
-/// Runs every section and writes the two result files into `out_dir`.
-pub fn run(out_dir: &Path, quick: bool) {
+/// Runs every section (or only the one named) and writes the two result
+/// files into `out_dir`.
+pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
+    let want = |section: &str| only.is_none_or(|o| o == section);
     let machine = report::Machine::read(quick);
     let scratch = TempDir::new("bench");
     let mut figures = Vec::new();
-    eprintln!("bench: in-kernel cost, live traffic");
-    figures.extend(kernel::live(&scratch.0, quick));
-    eprintln!("bench: in-kernel cost, BPF_PROG_TEST_RUN");
-    figures.extend(kernel::test_run(quick));
-    eprintln!("bench: drain");
-    figures.extend(drain::run(quick));
-    eprintln!("bench: end to end against pmacctd");
-    figures.extend(e2e::run(&scratch.0, quick));
+    if want("kernel") {
+        eprintln!("bench: in-kernel cost, live traffic");
+        figures.extend(kernel::live(&scratch.0, quick));
+    }
+    if want("test-run") {
+        eprintln!("bench: in-kernel cost, BPF_PROG_TEST_RUN");
+        figures.extend(kernel::test_run(quick));
+    }
+    if want("drain") {
+        eprintln!("bench: drain");
+        figures.extend(drain::run(quick));
+    }
+    if want("e2e") {
+        eprintln!("bench: end to end against pmacctd");
+        figures.extend(e2e::run(&scratch.0, quick));
+    }
     let json = report::to_json(&machine, &figures);
     std::fs::write(
         out_dir.join("bench-results.json"),

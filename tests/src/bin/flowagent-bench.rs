@@ -1,15 +1,17 @@
 //! The benchmark runner behind `cargo xtask bench` (needs root).
 //!
-//! Usage: flowagent-bench [--quick] [--out DIR]
+//! Usage: flowagent-bench [--quick] [--out DIR] [--only kernel|test-run|drain|e2e]
 
 fn main() {
     let mut quick = false;
+    let mut only = None;
     let mut out = std::path::PathBuf::from(".");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--out" => out = args.next().expect("--out DIR").into(),
+            "--only" => only = Some(args.next().expect("--only SECTION")),
             other => {
                 eprintln!(
                     "flowagent-bench: unknown argument {other:?}; usage: flowagent-bench [--quick] [--out DIR]"
@@ -18,5 +20,5 @@ fn main() {
             }
         }
     }
-    flowagent_tests::bench::run(&out, quick);
+    flowagent_tests::bench::run(&out, quick, only.as_deref());
 }
