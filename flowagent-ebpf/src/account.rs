@@ -17,7 +17,7 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
 };
 use aya_log_ebpf::warn;
-use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV6, FlowStats};
+use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
 
 use crate::{
     maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count},
@@ -49,14 +49,12 @@ pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observat
         Parsed::V4(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
-            let map = if slot == 0 { &FLOWS_V4_0 } else { &FLOWS_V4_1 };
-            update(ctx, map, &key, &meta, obs, slot, Fib::V4(key.src, key.dst));
+            update_slot(ctx, slot, &Job { key, meta, obs });
         }
         Parsed::V6(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
-            let map = if slot == 0 { &FLOWS_V6_0 } else { &FLOWS_V6_1 };
-            update(ctx, map, &key, &meta, obs, slot, Fib::V6(&key));
+            update_slot(ctx, slot, &Job { key, meta, obs });
         }
         Parsed::NonIp => {
             count(slot, Counter::NonIpPackets as u32, frame_len);
@@ -67,22 +65,101 @@ pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observat
     }
 }
 
-/// What the FIB lookup needs from the key.
-enum Fib<'a> {
-    V4([u8; 4], [u8; 4]),
-    V6(&'a FlowKeyV6),
+/// A key type with one flow map per slot and a way to ask the FIB about it.
+trait FlowKey: Sized + 'static {
+    /// The flow map of slot `SLOT`.
+    fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats>;
+    /// Fills family and addresses of a FIB request.
+    fn fib_request(&self, params: &mut FibParams);
+    /// The gateway the FIB answered with, as next-hop bytes, if it is one
+    /// (a destination left unchanged means on-link: no next hop).
+    fn gateway(&self, params: &FibParams) -> Option<[u8; 16]>;
+}
+
+impl FlowKey for FlowKeyV4 {
+    #[inline(always)]
+    fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
+        if SLOT == 0 { &FLOWS_V4_0 } else { &FLOWS_V4_1 }
+    }
+
+    #[inline(always)]
+    fn fib_request(&self, params: &mut FibParams) {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(self.src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(self.dst);
+    }
+
+    #[inline(always)]
+    fn gateway(&self, params: &FibParams) -> Option<[u8; 16]> {
+        // SAFETY: the family is AF_INET, so the IPv4 member is the live one.
+        let gw = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+        if gw == self.dst || gw == [0; 4] {
+            return None;
+        }
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..16].copy_from_slice(&gw);
+        Some(mapped)
+    }
+}
+
+impl FlowKey for FlowKeyV6 {
+    #[inline(always)]
+    fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
+        if SLOT == 0 { &FLOWS_V6_0 } else { &FLOWS_V6_1 }
+    }
+
+    #[inline(always)]
+    fn fib_request(&self, params: &mut FibParams) {
+        params.family = AF_INET6;
+        // SAFETY: [u8; 16] and [u32; 4] have the same size; the kernel
+        // reads these words as raw network-order bytes.
+        unsafe {
+            params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(self.src);
+            params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(self.dst);
+        }
+    }
+
+    #[inline(always)]
+    fn gateway(&self, params: &FibParams) -> Option<[u8; 16]> {
+        // SAFETY: the family is AF_INET6, so the IPv6 member is the live one.
+        let gw =
+            unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(params.__bindgen_anon_4.ipv6_dst) };
+        (gw != self.dst && gw != [0; 16]).then_some(gw)
+    }
+}
+
+/// One packet to account: its key and what the update needs besides.
+struct Job<'a, K> {
+    key: K,
+    meta: Meta,
+    obs: &'a Observation,
+}
+
+/// Calls the update compiled for the active slot.
+///
+/// Each slot gets its own inlined copy of [`update`] in which the map is a
+/// constant. With one copy taking the map as a value, LLVM merged the two
+/// map pointers into one call site, and the verifier, seeing two maps reach
+/// one `bpf_map_lookup_elem`, no longer inlines the hash lookup: it becomes an
+/// indirect call through the helper. Measured with BPF_PROG_TEST_RUN, an
+/// existing IPv4 flow went from 71-78 ns to 53-59 ns above the no-op program.
+/// (A `#[inline(never)]` copy per slot also keeps the lookups inlined, but the
+/// BPF-to-BPF call and the argument copy cost IPv6 10 ns.)
+#[inline(always)]
+fn update_slot<C: EbpfContext, K: FlowKey>(ctx: &C, slot: u32, job: &Job<'_, K>) {
+    if slot == 0 {
+        update::<C, K, 0>(ctx, job);
+    } else {
+        update::<C, K, 1>(ctx, job);
+    }
 }
 
 #[inline(always)]
-fn update<C: EbpfContext, K>(
-    ctx: &C,
-    map: &PerCpuHashMap<K, FlowStats>,
-    key: &K,
-    meta: &Meta,
-    obs: &Observation,
-    slot: u32,
-    fib: Fib<'_>,
-) {
+fn update<C: EbpfContext, K: FlowKey, const SLOT: u32>(ctx: &C, job: &Job<'_, K>) {
+    let map = K::map::<SLOT>();
+    let (key, meta) = (&job.key, &job.meta);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(stats) = map.get_ptr_mut(key) {
@@ -90,13 +167,13 @@ fn update<C: EbpfContext, K>(
         let stats = unsafe { &mut *stats };
         if stats.packets == 0 {
             // The entry was created by another CPU: this CPU's copy is zero.
-            init(ctx, stats, meta, obs, now, &fib);
+            init(ctx, stats, job, now);
         }
         add(stats, meta, now);
         return;
     }
     let mut stats = FlowStats::default();
-    init(ctx, &mut stats, meta, obs, now, &fib);
+    init(ctx, &mut stats, job, now);
     add(&mut stats, meta, now);
     match map.insert(key, stats, BPF_NOEXIST as u64) {
         Ok(()) => {}
@@ -111,10 +188,10 @@ fn update<C: EbpfContext, K>(
                     add(existing, meta, now);
                 }
             } else {
-                overflow(ctx, slot, meta);
+                overflow(ctx, SLOT, meta);
             }
         }
-        Err(_) => overflow(ctx, slot, meta),
+        Err(_) => overflow(ctx, SLOT, meta),
     }
 }
 
@@ -128,19 +205,12 @@ fn add(stats: &mut FlowStats, meta: &Meta, now: u64) {
 
 /// Fills the first-packet fields of this CPU's copy of a flow.
 #[inline(always)]
-fn init<C: EbpfContext>(
-    ctx: &C,
-    stats: &mut FlowStats,
-    meta: &Meta,
-    obs: &Observation,
-    now: u64,
-    fib: &Fib<'_>,
-) {
+fn init<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_, K>, now: u64) {
     stats.first_seen_ns = now;
-    stats.tos = meta.tos;
-    stats.other_ifindex = obs.other_ifindex;
-    if obs.direction == DIRECTION_INGRESS {
-        fib_lookup(ctx, stats, meta, obs.ifindex, fib);
+    stats.tos = job.meta.tos;
+    stats.other_ifindex = job.obs.other_ifindex;
+    if job.obs.direction == DIRECTION_INGRESS {
+        fib_lookup(ctx, stats, job);
     }
 }
 
@@ -148,86 +218,39 @@ fn init<C: EbpfContext>(
 /// Done once per flow and CPU per interval, never per packet. A packet that
 /// is not forwarded (local, forwarding off, no route) gets no egress interface.
 #[inline(always)]
-fn fib_lookup<C: EbpfContext>(
-    ctx: &C,
-    stats: &mut FlowStats,
-    meta: &Meta,
-    ifindex: u32,
-    fib: &Fib<'_>,
-) {
+fn fib_lookup<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_, K>) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.ifindex = ifindex;
-    params.__bindgen_anon_1.tot_len = meta.ip_len as u16;
-    match fib {
-        Fib::V4(src, dst) => {
-            params.family = AF_INET;
-            params.__bindgen_anon_2.tos = meta.tos;
-            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*src);
-            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
-        }
-        Fib::V6(key) => {
-            params.family = AF_INET6;
-            // SAFETY: [u8; 16] and [u32; 4] have the same size; the kernel
-            // reads these words as raw network-order bytes.
-            unsafe {
-                params.__bindgen_anon_3.ipv6_src =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>(key.src);
-                params.__bindgen_anon_4.ipv6_dst =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>(key.dst);
-            }
-        }
-    }
+    params.ifindex = job.obs.ifindex;
+    params.__bindgen_anon_1.tot_len = job.meta.ip_len as u16;
+    params.__bindgen_anon_2.tos = job.meta.tos;
+    job.key.fib_request(&mut params);
     // SKIP_NEIGH (Linux 6.3+): the egress interface and gateway are all we
     // want; resolving the neighbour would cost time and fail for new hosts.
-    let mut flags = BPF_FIB_LOOKUP_SKIP_NEIGH;
-    // SAFETY: ctx is the program's context, params a valid request of the size given.
-    let mut rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut params as *mut FibParams,
-            size_of::<FibParams>() as i32,
-            flags,
-        )
-    };
+    let mut rc = fib(ctx, &mut params, BPF_FIB_LOOKUP_SKIP_NEIGH);
     if rc < 0 {
         // Older kernel without SKIP_NEIGH: ask again without it.
-        flags = 0;
-        // SAFETY: as above.
-        rc = unsafe {
-            bpf_fib_lookup(
-                ctx.as_ptr(),
-                &mut params as *mut FibParams,
-                size_of::<FibParams>() as i32,
-                flags,
-            )
-        };
+        rc = fib(ctx, &mut params, 0);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return;
     }
     stats.other_ifindex = params.ifindex;
-    // On success the kernel replaced the destination with the gateway; an
-    // unchanged destination means on-link, which has no next hop.
-    match fib {
-        Fib::V4(_, dst) => {
-            // SAFETY: the family is AF_INET, so the IPv4 member is the live one.
-            let gw = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
-            if gw != *dst && gw != [0; 4] {
-                stats.next_hop[10] = 0xff;
-                stats.next_hop[11] = 0xff;
-                stats.next_hop[12..16].copy_from_slice(&gw);
-            }
-        }
-        Fib::V6(key) => {
-            // SAFETY: the family is AF_INET6, so the IPv6 member is the live one.
-            let gw = unsafe {
-                core::mem::transmute::<[u32; 4], [u8; 16]>(params.__bindgen_anon_4.ipv6_dst)
-            };
-            if gw != key.dst && gw != [0; 16] {
-                stats.next_hop = gw;
-            }
-        }
+    if let Some(gw) = job.key.gateway(&params) {
+        stats.next_hop = gw;
+    }
+}
+
+#[inline(always)]
+fn fib<C: EbpfContext>(ctx: &C, params: &mut FibParams, flags: u32) -> i64 {
+    // SAFETY: ctx is the program's context, params a valid request of the size given.
+    unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            params as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
     }
 }
 
