@@ -31,8 +31,7 @@ fn sampled_out() -> bool {
     // SAFETY: reading a plain `.rodata` global; volatile stops the compiler
     // from folding the default value in before the loader overrides it.
     let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
-    // SAFETY: helper without preconditions.
-    threshold != 0 && unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } >= threshold
+    threshold != 0 && maps::random_u32() >= threshold
 }
 
 /// XDP ingress accounting.
