@@ -23,10 +23,15 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// One-entry array holding the slot the programs write to now.
     pub const CONTROL: &str = "CONTROL";
+    /// Two-entry array the clock program fills: [jiffies, CLOCK_MONOTONIC ns].
+    pub const CLOCK: &str = "CLOCK";
     /// Global (`.rodata`): packets are sampled when a random `u32` is below this.
     pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
     /// The XDP program.
     pub const PROG_XDP: &str = "flowagent_xdp";
+    /// An XDP program never attached: run by the agent through
+    /// BPF_PROG_TEST_RUN to read jiffies and CLOCK_MONOTONIC together.
+    pub const PROG_CLOCK: &str = "flowagent_clock";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
     pub const PROG_NOOP: &str = "flowagent_noop";
     /// The TC classifier for clsact/tcx ingress.
@@ -142,10 +147,11 @@ pub struct FlowStats {
     pub packets: u64,
     /// Sum of the IP total length of the sampled packets (IPv6: payload length + 40).
     pub bytes: u64,
-    /// First packet, kernel CLOCK_MONOTONIC (coarse) nanoseconds.
-    pub first_seen_ns: u64,
-    /// Last packet, kernel CLOCK_MONOTONIC (coarse) nanoseconds.
-    pub last_seen_ns: u64,
+    /// First packet, in kernel jiffies (`bpf_jiffies64()`; the agent maps
+    /// them to wall-clock time, see its drain clock).
+    pub first_seen: u64,
+    /// Last packet, in kernel jiffies.
+    pub last_seen: u64,
     /// Next hop from the FIB for forwarded ingress flows, network order; IPv4
     /// as an IPv4-mapped IPv6 address; all zero when none.
     pub next_hop: [u8; 16],

@@ -56,6 +56,27 @@ pub fn flowagent_noop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Writes the current jiffies and CLOCK_MONOTONIC nanoseconds side by side
+/// into `CLOCK`. The agent runs it through BPF_PROG_TEST_RUN at every drain
+/// to turn the jiffies the flow programs record into wall-clock time.
+#[xdp]
+pub fn flowagent_clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: helpers without preconditions.
+    let (jiffies, mono) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_jiffies64(),
+            aya_ebpf::helpers::bpf_ktime_get_ns(),
+        )
+    };
+    for (index, value) in [(0, jiffies), (1, mono)] {
+        if let Some(slot) = maps::CLOCK.get_ptr_mut(index) {
+            // SAFETY: pointer from a successful array lookup.
+            unsafe { *slot = value };
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {

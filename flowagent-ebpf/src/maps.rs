@@ -38,6 +38,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS * CO
 #[map]
 pub static RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Written by the clock program: [jiffies, CLOCK_MONOTONIC ns] of one instant.
+#[map]
+pub static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
+
 /// Entry 0: the slot the programs write now (0 or 1).
 #[map]
 pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);

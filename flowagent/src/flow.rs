@@ -115,10 +115,10 @@ pub fn merge_per_cpu<'a>(values: impl IntoIterator<Item = &'a FlowStats>) -> Opt
         m.packets += v.packets;
         m.bytes += v.bytes;
         m.tcp_flags |= v.tcp_flags;
-        m.last_seen_ns = m.last_seen_ns.max(v.last_seen_ns);
-        if v.first_seen_ns < m.first_seen_ns {
+        m.last_seen = m.last_seen.max(v.last_seen);
+        if v.first_seen < m.first_seen {
             // First-packet fields come from the CPU that saw the first packet.
-            m.first_seen_ns = v.first_seen_ns;
+            m.first_seen = v.first_seen;
             m.tos = v.tos;
             if v.other_ifindex != 0 {
                 m.other_ifindex = v.other_ifindex;
@@ -141,8 +141,8 @@ mod tests {
         FlowStats {
             packets,
             bytes: packets * 100,
-            first_seen_ns: first,
-            last_seen_ns: last,
+            first_seen: first,
+            last_seen: last,
             tcp_flags: flags,
             tos,
             other_ifindex: other,
@@ -160,8 +160,8 @@ mod tests {
         let m = merge_per_cpu(&cpus).unwrap();
         assert_eq!(m.packets, 5);
         assert_eq!(m.bytes, 500);
-        assert_eq!(m.first_seen_ns, 10);
-        assert_eq!(m.last_seen_ns, 90);
+        assert_eq!(m.first_seen, 10);
+        assert_eq!(m.last_seen, 90);
         assert_eq!(m.tcp_flags, 0x12);
         assert_eq!(m.tos, 4);
         assert_eq!(m.other_ifindex, 7);

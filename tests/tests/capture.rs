@@ -264,9 +264,23 @@ fn send_mix(sender: &Sender, mix: &[Expect]) {
     }
 }
 
+/// Now moved by `ms` milliseconds, as RFC 3339 UTC with microseconds: the
+/// agent's format, in which strings order like the times they stand for.
+fn rfc3339_now_plus(ms: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if ms >= 0 {
+        now + Duration::from_millis(ms as u64)
+    } else {
+        now - Duration::from_millis((-ms) as u64)
+    };
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
 #[test]
 fn xdp_counts_exact_flows() {
     let lab = Lab::new("xdp");
+    // Kernel stamps are jiffies, exact to one tick (10 ms at most).
+    let before = rfc3339_now_plus(-20);
     let agent = Agent::start(
         &lab.obs,
         &["--iface", "gb", "--mode", "xdp", "--interval", "60"],
@@ -278,9 +292,20 @@ fn xdp_counts_exact_flows() {
     );
     let mix = standard_mix();
     send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
+    let after = rfc3339_now_plus(20);
     std::thread::sleep(Duration::from_millis(300));
     let out = agent.stop();
     check_mix(&out, &mix, "gb", "ingress");
+    for f in &out.flows {
+        let (start, end) = (
+            f["timestamp_start"].as_str().unwrap(),
+            f["timestamp_end"].as_str().unwrap(),
+        );
+        assert!(
+            before.as_str() <= start && end <= after.as_str(),
+            "{before} <= {start} .. {end} <= {after}"
+        );
+    }
 }
 
 #[test]

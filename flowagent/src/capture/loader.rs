@@ -25,8 +25,9 @@ pub fn sample_threshold(rate: u32) -> u32 {
     }
 }
 
-/// Loads the object (maps created, no program loaded yet) for 1-in-`sampling`
-/// sampling and flow maps of `max_flows` entries.
+/// Loads the object for 1-in-`sampling` sampling and flow maps of
+/// `max_flows` entries: maps created, and the clock program the drain runs
+/// loaded; the flow programs are left to the caller.
 pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
     let threshold = sample_threshold(sampling);
     let mut loader = EbpfLoader::new();
@@ -34,7 +35,14 @@ pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
     for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
         loader.map_max_entries(name, max_flows);
     }
-    loader.load(EBPF_OBJECT).map_err(Error::Load)
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+    program::<Xdp>(&mut ebpf, names::PROG_CLOCK)?
+        .load()
+        .map_err(|source| Error::Program {
+            name: names::PROG_CLOCK,
+            source,
+        })?;
+    Ok(ebpf)
 }
 
 /// Loads the object and the programs `config.mode` uses.

@@ -28,7 +28,7 @@ use log::{debug, warn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::clock::WallClock;
+use self::clock::{KernelClock, Snapshot};
 use crate::{
     capture::IfNames,
     flow::{FlowDirection, FlowRecord, merge_per_cpu},
@@ -45,6 +45,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The jiffies clock could not be calibrated.
+    #[error("kernel clock: {0}")]
+    Clock(String),
     /// A bpf(2) call failed.
     #[error("{what}: {source}")]
     Syscall {
@@ -92,6 +95,8 @@ pub struct Maps {
     control: Array<MapData, u32>,
     /// A second fd of `CONTROL`, the template of the barrier map.
     control_fd: OwnedFd,
+    /// Jiffies to wall-clock time (the clock program and its map).
+    clock: KernelClock,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
@@ -112,7 +117,8 @@ fn per_cpu_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, Error> {
 }
 
 impl Maps {
-    /// Takes the flow, counter and control maps out of `ebpf`.
+    /// Takes the flow, counter, control and clock maps out of `ebpf` (whose
+    /// clock program must be loaded) and calibrates the clock.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         let map_err = |name| {
             move |e: aya::maps::MapError| Error::Map {
@@ -138,7 +144,22 @@ impl Maps {
                 });
             }
         };
+        let clock_prog = ebpf
+            .program(names::PROG_CLOCK)
+            .ok_or(Error::Map {
+                name: names::PROG_CLOCK,
+                reason: "program missing from the eBPF object".into(),
+            })?
+            .fd()
+            .and_then(|fd| Ok(fd.as_fd().try_clone_to_owned()?))
+            .map_err(|e| Error::Map {
+                name: names::PROG_CLOCK,
+                reason: format!("not loaded: {e}"),
+            })?;
+        let clock_map =
+            Array::try_from(take(ebpf, names::CLOCK)?).map_err(map_err(names::CLOCK))?;
         Ok(Self {
+            clock: KernelClock::new(clock_prog, clock_map)?,
             v4: [
                 per_cpu_hash(ebpf, names::FLOWS_V4[0])?,
                 per_cpu_hash(ebpf, names::FLOWS_V4[1])?,
@@ -264,7 +285,7 @@ impl Drainer {
             source,
         })?;
         let end = SystemTime::now();
-        let clock = WallClock::now();
+        let clock = self.maps.clock.snapshot()?;
         let mut records = Vec::new();
         let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
         let cpus = self.cpus;
@@ -347,7 +368,7 @@ impl Drainer {
         Ok(totals)
     }
 
-    fn record(&self, key: KeyParts, stats: &FlowStats, clock: &WallClock) -> FlowRecord {
+    fn record(&self, key: KeyParts, stats: &FlowStats, clock: &Snapshot) -> FlowRecord {
         let direction = FlowDirection::from_code(key.direction);
         let here = self.names.name(key.ifindex);
         let there = self.names.name(stats.other_ifindex);
@@ -373,8 +394,8 @@ impl Drainer {
             next_hop: stats.next_hop_addr(),
             packets: stats.packets,
             bytes: stats.bytes,
-            start: clock.wall(stats.first_seen_ns),
-            end: clock.wall(stats.last_seen_ns),
+            start: clock.wall(stats.first_seen),
+            end: clock.wall(stats.last_seen),
             sampling_rate: self.sampling_rate,
             enrichment: Default::default(),
         }

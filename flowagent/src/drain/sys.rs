@@ -1,5 +1,6 @@
-//! The two bpf(2) commands aya 0.14 does not offer: creating a map-in-map to
-//! use as an RCU barrier, and BPF_MAP_LOOKUP_AND_DELETE_BATCH.
+//! The bpf(2) commands aya 0.14 does not offer here: creating a map-in-map to
+//! use as an RCU barrier, BPF_MAP_LOOKUP_AND_DELETE_BATCH, and
+//! BPF_PROG_TEST_RUN on a program fd the drain holds without its `Ebpf`.
 //!
 //! Both are thin `#[repr(C)]` prefixes of `union bpf_attr` (include/uapi/
 //! linux/bpf.h); the kernel zero-extends a shorter attr, so only the fields
@@ -12,6 +13,7 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -47,6 +49,35 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+/// Runs an XDP program once on a dummy frame (BPF_PROG_TEST_RUN) for its
+/// side effects on maps; returns its return value.
+pub fn run_xdp_once(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // The kernel wants at least an Ethernet header's worth of data.
+    let frame = [0u8; 64];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
