@@ -280,10 +280,12 @@ impl Drainer {
             reason: e.to_string(),
         })?;
         self.slot = new;
+        let started = std::time::Instant::now();
         self.barrier.wait().map_err(|source| Error::Syscall {
             what: "waiting for programs to leave the old slot",
             source,
         })?;
+        let barrier = started.elapsed();
         let end = SystemTime::now();
         let clock = self.maps.clock.snapshot()?;
         let mut records = Vec::new();
@@ -335,7 +337,10 @@ impl Drainer {
             source,
         })?;
         let counters = self.take_counters(old)?;
-        debug!("drained slot {old}: {n4} IPv4 + {n6} IPv6 entries");
+        debug!(
+            "drained slot {old}: {n4} IPv4 + {n6} IPv6 entries in {:?} (barrier {barrier:?})",
+            started.elapsed()
+        );
         self.names.expire(self.interval * 2);
         let start = std::mem::replace(&mut self.last_drain, end);
         Ok(Batch {

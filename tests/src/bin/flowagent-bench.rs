@@ -3,6 +3,7 @@
 //! Usage: flowagent-bench [--quick] [--out DIR] [--only kernel|test-run|drain|e2e]
 
 fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut quick = false;
     let mut only = None;
     let mut out = std::path::PathBuf::from(".");
