@@ -11,3 +11,4 @@ pub mod config;
 pub mod drain;
 pub mod export;
 pub mod flow;
+pub mod rib;

@@ -171,7 +171,8 @@ impl<W: Write> JsonlWriter<W> {
     /// Writes one batch and flushes it.
     pub fn write_batch(&mut self, batch: &Batch) -> Result<(), Error> {
         for record in &batch.records {
-            serde_json::to_writer(&mut self.out, &FlowLine::from(record)).map_err(io::Error::from)?;
+            serde_json::to_writer(&mut self.out, &FlowLine::from(record))
+                .map_err(io::Error::from)?;
             self.out.write_all(b"\n")?;
         }
         let c = &batch.counters;
@@ -251,7 +252,10 @@ mod tests {
             })
         );
         let unnamed = FlowRecord { proto: 253, ..r };
-        assert_eq!(serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"], 253);
+        assert_eq!(
+            serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"],
+            253
+        );
     }
 
     #[test]
