@@ -6,6 +6,7 @@
 //! owns the shutdown order.
 
 pub mod app;
+pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod drain;
