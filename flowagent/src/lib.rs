@@ -10,6 +10,7 @@ pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod drain;
+pub mod enrich;
 pub mod export;
 pub mod flow;
 pub mod rib;
