@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use flowagent::config::RawConfig;
+use flowagent::config::{RawConfig, RawNeighbor};
 
 /// eBPF/XDP flow accounting agent for Linux routers.
 #[derive(Debug, Parser)]
@@ -36,6 +36,35 @@ struct Cli {
     /// Where JSON lines go: a file (appended) or - for stdout. Default: -.
     #[arg(long, value_name = "PATH|-")]
     output: Option<String>,
+    /// Accept BGP sessions from the router's daemon on ADDR:PORT, e.g.
+    /// 127.0.0.1:17917. The agent never announces routes. Default: off.
+    #[arg(long, value_name = "ADDR:PORT")]
+    bgp_listen: Option<String>,
+    /// Our AS number (BGP, and the origin AS of routes with an empty AS_PATH).
+    #[arg(long, value_name = "N")]
+    local_as: Option<u32>,
+    /// Our BGP identifier.
+    #[arg(long, value_name = "A.B.C.D")]
+    bgp_router_id: Option<String>,
+    /// A BGP neighbour allowed to connect, with its AS (repeatable), e.g.
+    /// 127.0.0.1=65000 (same AS as --local-as for iBGP).
+    #[arg(long, value_name = "ADDRESS=AS")]
+    bgp_neighbor: Vec<String>,
+    /// Hold time to propose, seconds (0 or >= 3). Default: 90.
+    #[arg(long, value_name = "SECONDS")]
+    bgp_hold_time: Option<u16>,
+    /// Routes accepted per neighbour before its session is closed. Default: 2000000.
+    #[arg(long, value_name = "N")]
+    bgp_max_prefixes: Option<usize>,
+    /// Also write these destination-route attributes: as_path, communities.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    bgp_attrs: Vec<String>,
+    /// peer_as_src for traffic entering an interface (repeatable), e.g. eth1=64496.
+    #[arg(long, value_name = "IFACE=AS")]
+    bgp_peer_src_as: Vec<String>,
+    /// Lines of prefix,asn[,peer_asn]; fills the routing fields where BGP has no route.
+    #[arg(long, value_name = "PATH")]
+    networks_file: Option<String>,
 }
 
 impl Cli {
@@ -48,6 +77,20 @@ impl Cli {
             sampling: self.sampling,
             max_flows: self.max_flows,
             output: self.output.clone(),
+            bgp_listen: self.bgp_listen.clone(),
+            local_as: self.local_as,
+            bgp_router_id: self.bgp_router_id.clone(),
+            bgp_neighbor: self
+                .bgp_neighbor
+                .iter()
+                .cloned()
+                .map(RawNeighbor::Short)
+                .collect(),
+            bgp_hold_time: self.bgp_hold_time,
+            bgp_max_prefixes: self.bgp_max_prefixes,
+            bgp_attrs: self.bgp_attrs.clone(),
+            bgp_peer_src_as: self.bgp_peer_src_as.clone(),
+            networks_file: self.networks_file.clone(),
         }
     }
 }
