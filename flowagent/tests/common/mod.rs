@@ -225,3 +225,89 @@ impl Drop for Bird {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A GoBGP daemon (`gobgpd`) with its own config and API port, killed on drop.
+pub struct Gobgp {
+    child: Option<Child>,
+    dir: PathBuf,
+    api: String,
+}
+
+impl Gobgp {
+    pub fn available() -> bool {
+        let ok = Command::new("gobgpd").arg("--version").output().is_ok()
+            && Command::new("gobgp").arg("--version").output().is_ok();
+        if !ok {
+            assert!(
+                std::env::var_os("FLOWAGENT_REQUIRE_PEERS").is_none(),
+                "gobgpd is not installed (apt-get install gobgpd)"
+            );
+            eprintln!("SKIPPED: gobgpd is not installed (apt-get install gobgpd)");
+        }
+        ok
+    }
+
+    pub fn start(name: &str, config: &str, api_port: u16) -> Gobgp {
+        let dir =
+            std::env::temp_dir().join(format!("flowagent-gobgp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gobgpd.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("gobgpd.log")).unwrap();
+        let api = format!("127.0.0.1:{api_port}");
+        let child = Command::new("gobgpd")
+            .arg("-f")
+            .arg(dir.join("gobgpd.toml"))
+            .arg("--api-hosts")
+            .arg(&api)
+            .arg("--log-level")
+            .arg("info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Gobgp {
+            child: Some(child),
+            dir,
+            api,
+        }
+    }
+
+    /// Runs `gobgp <args>` against this daemon's API (retrying while it starts).
+    pub fn cli(&self, args: &[&str]) {
+        let (host, port) = self.api.split_once(':').unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("gobgp")
+                .args(["-u", host, "-p", port])
+                .args(args)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "gobgp {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gobgpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gobgp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
