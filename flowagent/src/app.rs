@@ -28,7 +28,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bgp::Speaker,
+    bgp::{Speaker, Status, control},
     capture::{self, Capture, IfNames},
     config::{Config, Routing},
     drain::{self, Drainer},
@@ -129,6 +129,8 @@ struct RoutingStage {
     enricher: Enricher,
     attrs: BgpAttrs,
     speaker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Stops the `bgp routes` socket.
+    control_stop: CancellationToken,
 }
 
 impl RoutingStage {
@@ -143,6 +145,7 @@ impl RoutingStage {
             info!("networks file: {} prefixes", networks.len());
         }
         let handle = RibHandle::new(networks);
+        let mut status = Status::default();
         let speaker = match &r.bgp {
             Some(cfg) => {
                 let speaker = Speaker::bind(cfg.clone(), handle.clone())
@@ -151,21 +154,31 @@ impl RoutingStage {
                 if let Some(addr) = speaker.local_addr() {
                     info!("BGP: listening on {addr}, AS{}", cfg.local_as);
                 }
+                status = speaker.status();
                 let stop = CancellationToken::new();
                 Some((stop.clone(), tokio::spawn(speaker.run(stop))))
             }
             None => None,
         };
+        let control_stop = CancellationToken::new();
+        tokio::spawn(control::serve(
+            r.socket.clone(),
+            status,
+            handle.clone(),
+            control_stop.clone(),
+        ));
         let enricher = Enricher::new(handle, r.local_as, r.attrs, r.peer_src_as.clone());
         Ok(Self {
             enricher,
             attrs: r.attrs,
             speaker,
+            control_stop,
         })
     }
 
     /// Closes the BGP sessions (Cease, Administrative Shutdown).
     async fn stop(self) {
+        self.control_stop.cancel();
         if let Some((stop, task)) = self.speaker {
             stop.cancel();
             if task.await.is_err() {

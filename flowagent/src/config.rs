@@ -142,6 +142,8 @@ pub struct Routing {
     pub attrs: BgpAttrs,
     /// `--bgp-peer-src-as`: ingress interface name to neighbour AS.
     pub peer_src_as: HashMap<String, u32>,
+    /// `--bgp-socket`: where `flowagent bgp routes` asks the agent.
+    pub socket: PathBuf,
 }
 
 /// A neighbour as written in the file: `"ADDRESS=AS"` or a table.
@@ -206,6 +208,8 @@ pub struct RawConfig {
     pub bgp_peer_src_as: Vec<String>,
     /// `--networks-file`.
     pub networks_file: Option<String>,
+    /// `--bgp-socket`.
+    pub bgp_socket: Option<String>,
 }
 
 impl RawConfig {
@@ -256,6 +260,7 @@ impl RawConfig {
                 flags.bgp_peer_src_as
             },
             networks_file: flags.networks_file.or(self.networks_file),
+            bgp_socket: flags.bgp_socket.or(self.bgp_socket),
         }
     }
 
@@ -501,12 +506,19 @@ impl RawConfig {
         if bgp.is_none() && networks_file.is_none() {
             return Ok(None);
         }
+        // Default: the path `flowagent bgp routes` asks by default.
+        let socket = match self.bgp_socket.as_deref() {
+            None => PathBuf::from(crate::bgp::control::DEFAULT_SOCKET),
+            Some("") => return Err(invalid("--bgp-socket", "", "a socket path")),
+            Some(p) => PathBuf::from(p),
+        };
         Ok(Some(Routing {
             bgp,
             networks_file,
             local_as: local_as.unwrap_or(0),
             attrs,
             peer_src_as,
+            socket,
         }))
     }
 }

@@ -65,6 +65,32 @@ struct Cli {
     /// Lines of prefix,asn[,peer_asn]; fills the routing fields where BGP has no route.
     #[arg(long, value_name = "PATH")]
     networks_file: Option<String>,
+    /// Socket on which `flowagent bgp routes` asks the running agent.
+    /// Default: /run/flowagent-bgp.sock.
+    #[arg(long, value_name = "PATH")]
+    bgp_socket: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Ask a running agent about BGP.
+    Bgp {
+        #[command(subcommand)]
+        what: BgpCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BgpCommand {
+    /// Sessions and table sizes; with an address, the route covering it;
+    /// with a prefix, the best routes inside it.
+    Routes {
+        /// An address or a prefix.
+        #[arg(value_name = "PREFIX|IP")]
+        query: Option<String>,
+    },
 }
 
 impl Cli {
@@ -91,6 +117,7 @@ impl Cli {
             bgp_attrs: self.bgp_attrs.clone(),
             bgp_peer_src_as: self.bgp_peer_src_as.clone(),
             networks_file: self.networks_file.clone(),
+            bgp_socket: self.bgp_socket.clone(),
         }
     }
 }
@@ -110,6 +137,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Bgp {
+        what: BgpCommand::Routes { query },
+    }) = &cli.command
+    {
+        let socket = cli
+            .bgp_socket
+            .clone()
+            .unwrap_or_else(|| flowagent::bgp::control::DEFAULT_SOCKET.into());
+        let line = match query {
+            Some(q) => format!("routes {q}"),
+            None => "routes".into(),
+        };
+        return match flowagent::bgp::control::query(std::path::Path::new(&socket), &line) {
+            Ok(text) => {
+                print!("{text}");
+                if text.starts_with("error:") {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail(
+                1,
+                &format!(
+                    "cannot ask the agent on {socket}: {e} (is it running with BGP or --networks-file?)"
+                ),
+            ),
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let file = match &cli.config {

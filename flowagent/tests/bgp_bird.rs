@@ -57,6 +57,20 @@ protocol static s6 {
 }
 "#;
 
+/// Runs `flowagent --bgp-socket SOCKET bgp routes [QUERY]`, returns stdout.
+async fn bgp_routes(socket: &std::path::Path, query: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowagent"));
+    cmd.arg("--bgp-socket").arg(socket).args(["bgp", "routes"]);
+    if let Some(q) = query {
+        cmd.arg(q);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn route(prefix: &str, path: &[u32], nh: &str) -> Route {
     Route {
         prefix: prefix.into(),
@@ -102,6 +116,29 @@ async fn bird_ebgp_routes_changes_and_restart() {
     );
     assert_eq!(agent.route("10.1.0.1"), None);
     assert_eq!(agent.route("2001:db8:101::1"), None);
+
+    // `flowagent bgp routes` against the agent's socket.
+    let socket =
+        std::env::temp_dir().join(format!("flowagent-bgp-test-{}.sock", std::process::id()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(flowagent::bgp::control::serve(
+        socket.clone(),
+        agent.status.clone(),
+        agent.rib.clone(),
+        stop.clone(),
+    ));
+    wait_for(5, "the control socket", || socket.exists()).await;
+    assert_eq!(
+        bgp_routes(&socket, Some("10.0.5.9")).await,
+        "10.0.5.0/24 via 192.0.2.1 from 127.0.0.1 path [65001 65020 65021] origin i local_pref - med - communities []\n"
+    );
+    let summary = bgp_routes(&socket, None).await;
+    assert!(summary.contains(" 65001 established "), "{summary}");
+    assert!(
+        summary.ends_with("best routes: 2 IPv4, 2 IPv6; networks file: 0 prefixes\n"),
+        "{summary}"
+    );
+    stop.cancel();
 
     // Withdrawal and changed path.
     bird.reconfigure(&ebgp_config(bird_port, agent_port, STATICS_CHANGED));

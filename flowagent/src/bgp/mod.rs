@@ -20,6 +20,7 @@
 //! routecore 0.7 quietly accepts some malformed input, which would hide the
 //! errors RFC 7606 asks to act on.
 
+pub mod control;
 pub mod fsm;
 pub mod message;
 pub mod speaker;
