@@ -171,6 +171,41 @@ async fn bird_ebgp_routes_changes_and_restart() {
     agent.stop().await;
 }
 
+/// The agent connects (BIRD is passive), no listener at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_connects_actively_to_a_passive_bird() {
+    if !Bird::available() {
+        return;
+    }
+    let bird_port = 18925;
+    let agent = Agent::start_cfg(flowagent::bgp::SpeakerConfig {
+        listen: None,
+        local_as: 65000,
+        router_id: "192.0.2.250".parse().unwrap(),
+        hold_time: 30,
+        neighbors: vec![flowagent::bgp::NeighborConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            asn: 65001,
+            active: true,
+            port: bird_port,
+        }],
+        max_prefixes: 1000,
+    })
+    .await;
+    let config =
+        ebgp_config(bird_port, 1, STATICS).replace("multihop;", "multihop;\n  passive on;");
+    let _bird = Bird::start("passive", &config);
+    wait_for(30, "4 routes from the passive BIRD", || {
+        agent.counts() == (2, 2)
+    })
+    .await;
+    assert_eq!(
+        agent.route("10.0.5.9"),
+        Some(route("10.0.5.0/24", &[65001, 65020, 65021], "192.0.2.1"))
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bird_ibgp_route_reflector_client() {
     if !Bird::available() {
@@ -188,6 +223,11 @@ protocol static s4 {{
   route 198.51.100.0/24 blackhole {{ bgp_local_pref = 200; bgp_path.prepend(64999); }};
   route 198.51.0.0/16 blackhole;
 }}
+# A second path for the /24, sent alongside with ADD-PATH.
+protocol static s4b {{
+  ipv4;
+  route 198.51.100.0/24 blackhole {{ bgp_path.prepend(64997); bgp_path.prepend(64998); }};
+}}
 protocol bgp agent {{
   local 127.0.0.1 port {bird_port} as 65000;
   neighbor 127.0.0.1 port {agent_port} as 65000;
@@ -195,12 +235,14 @@ protocol bgp agent {{
   hold time 30;
   connect delay time 1;
   connect retry time 1;
-  ipv4 {{ import none; export all; next hop address 192.0.2.1; }};
+  ipv4 {{ import none; export all; next hop address 192.0.2.1; add paths tx; }};
 }}
 "#
     );
     let _bird = Bird::start("ibgp", &config);
-    wait_for(30, "2 routes from BIRD", || agent.counts() == (2, 0)).await;
+    // Two prefixes, three paths (ADD-PATH); the LOCAL_PREF 200 one is best.
+    wait_for(30, "3 paths from BIRD", || agent.paths("127.0.0.1") == 3).await;
+    assert_eq!(agent.counts(), (2, 0));
     assert_eq!(
         agent.route("198.51.100.7"),
         Some(Route {

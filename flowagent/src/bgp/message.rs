@@ -429,6 +429,24 @@ mod tests {
     }
 
     #[test]
+    fn mutated_opens_never_panic() {
+        let open = encode_open(4_200_000_000, 90, Ipv4Addr::new(192, 0, 2, 1));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut m = open.clone();
+            let at = HEADER_LEN + (x as usize) % (m.len() - HEADER_LEN);
+            m[at] = (x >> 32) as u8;
+            if x.is_multiple_of(3) {
+                m.truncate(at);
+            }
+            let _ = decode_open(&m);
+        }
+    }
+
+    #[test]
     fn open_errors() {
         let mut bad_version = encode_open(65001, 90, Ipv4Addr::new(192, 0, 2, 1));
         bad_version[19] = 3;

@@ -749,6 +749,61 @@ mod tests {
         }
     }
 
+    /// Random and mutated bodies never panic (a peer cannot crash the agent).
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut x: u64 = 0x243f_6a88_85a3_08d3;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = body(
+            &[16, 198, 51],
+            &[
+                ORIGIN_IGP,
+                PATH_65001_65002,
+                NH_192_0_2_1,
+                MED_50,
+                COMM_65001_100,
+                LCOMM_1_2_3,
+            ],
+            NLRI,
+        );
+        let mut reach = vec![0x80, 14, 26, 0, 2, 1, 16];
+        reach.extend_from_slice(&[
+            0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 32, 0x20, 1, 0xd, 0xb8,
+        ]);
+        let v6 = body(&[], &[ORIGIN_IGP, PATH_65001_65002, &reach], &[]);
+        for i in 0..200_000u32 {
+            let mut b = if i % 2 == 0 {
+                valid.clone()
+            } else {
+                v6.clone()
+            };
+            if i % 5 == 0 {
+                let len = (next() % 64) as usize;
+                b = (0..len).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % b.len();
+                    b[at] = next() as u8;
+                }
+                if next() % 4 == 0 {
+                    b.truncate((next() as usize) % b.len());
+                }
+            }
+            let p = DecodeParams {
+                asn4: i % 3 != 0,
+                add_path_v4: i % 7 == 0,
+                add_path_v6: i % 11 == 0,
+                ..params()
+            };
+            let _ = decode(&b, &p);
+        }
+    }
+
     #[test]
     fn end_of_rib_is_an_empty_change() {
         let (updates, taw, _) = apply(decode(&[0, 0, 0, 0], &params()));

@@ -53,9 +53,15 @@ impl Agent {
                 .collect(),
             max_prefixes,
         };
+        Self::start_cfg(config).await
+    }
+
+    pub async fn start_cfg(config: SpeakerConfig) -> Agent {
         let rib = RibHandle::default();
         let speaker = Speaker::bind(config, rib.clone()).await.unwrap();
-        let addr = speaker.local_addr().unwrap();
+        let addr = speaker
+            .local_addr()
+            .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap());
         let status = speaker.status();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(speaker.run(cancel.clone()));
@@ -94,6 +100,10 @@ impl Agent {
 
     pub fn state(&self, neighbor: &str) -> &'static str {
         self.status.snapshot()[&neighbor.parse::<IpAddr>().unwrap()].state
+    }
+
+    pub fn paths(&self, neighbor: &str) -> usize {
+        self.status.snapshot()[&neighbor.parse::<IpAddr>().unwrap()].paths
     }
 }
 
