@@ -6,6 +6,8 @@
 //!  tick ──────▶ Drainer (flip slot, barrier, batch read) ◀────┘
 //!                   │ bounded channel (drops counted)
 //!                   ▼
+//!               Enricher thread (only with BGP / --networks-file) ◀── RibHandle ◀── bgp::Speaker
+//!                   │ bounded channel
 //!               JsonlWriter thread ──▶ stdout / file
 //! ```
 //!
@@ -26,10 +28,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    bgp::{Speaker, Status, control},
     capture::{self, Capture, IfNames},
-    config::Config,
+    config::{Config, Routing},
     drain::{self, Drainer},
+    enrich::{BgpAttrs, Enricher},
     export::jsonl::JsonlWriter,
+    rib::{self, RibHandle},
 };
 
 /// Batches that may wait for the writer before the drain starts dropping.
@@ -41,6 +46,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    let routing = match &config.routing {
+        Some(r) => Some(RoutingStage::start(r).await?),
+        None => None,
+    };
     let mut ebpf = capture::loader::load(&config)?;
     // The logger must live as long as the programs: dropping it closes the
     // log map the programs write to.
@@ -48,11 +57,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_pump = tokio::spawn(pump_logs(logger));
     let maps = drain::Maps::take(&mut ebpf)?;
     let names = IfNames::default();
-    let writer = JsonlWriter::open(&config.output)?;
+    let mut writer = JsonlWriter::open(&config.output)?;
+    if let Some(r) = &routing {
+        writer = writer.with_routing(r.attrs);
+    }
     let capture = Capture::start(&config, ebpf, names.clone()).await?;
 
     let (batches, batches_rx) = mpsc::channel(OUTPUT_QUEUE);
     let drainer = Drainer::new(maps, names, config.sampling, config.interval, batches)?;
+    // With routing, the enricher sits between the drain and the writer.
+    let (batches_rx, enrich_thread) = match &routing {
+        Some(r) => {
+            let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+            let enricher = r.enricher.clone();
+            let thread = std::thread::Builder::new()
+                .name("enrich".into())
+                .spawn(move || enricher.run(batches_rx, tx))
+                .context("starting the enrichment thread")?;
+            (rx, Some(thread))
+        }
+        None => (batches_rx, None),
+    };
     let writer_thread = std::thread::Builder::new()
         .name("jsonl-writer".into())
         .spawn(move || writer.run(batches_rx))
@@ -84,9 +109,83 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(result) => result?,
         Err(_) => anyhow::bail!("the output thread panicked"),
     }
+    if let Some(thread) = enrich_thread
+        && thread.join().is_err()
+    {
+        warn!("the enrichment thread panicked");
+    }
+    // BGP stops last, so the final drain is still enriched with every route.
+    if let Some(r) = routing {
+        r.stop().await;
+    }
     log_pump.abort();
     info!("stopped");
     Ok(())
+}
+
+/// The routing side: the RIB handle, the BGP speaker task if any, and the
+/// enricher built on them.
+struct RoutingStage {
+    enricher: Enricher,
+    attrs: BgpAttrs,
+    speaker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Stops the `bgp routes` socket.
+    control_stop: CancellationToken,
+}
+
+impl RoutingStage {
+    /// Loads the networks file and starts the speaker (its listener is bound
+    /// here, so a busy port stops the agent at start).
+    async fn start(r: &Routing) -> anyhow::Result<Self> {
+        let networks = match &r.networks_file {
+            Some(path) => rib::networks::load(path).context("check --networks-file")?,
+            None => rib::Lpm::default(),
+        };
+        if !networks.is_empty() {
+            info!("networks file: {} prefixes", networks.len());
+        }
+        let handle = RibHandle::new(networks);
+        let mut status = Status::default();
+        let speaker = match &r.bgp {
+            Some(cfg) => {
+                let speaker = Speaker::bind(cfg.clone(), handle.clone())
+                    .await
+                    .context("starting BGP (check --bgp-listen)")?;
+                if let Some(addr) = speaker.local_addr() {
+                    info!("BGP: listening on {addr}, AS{}", cfg.local_as);
+                }
+                status = speaker.status();
+                let stop = CancellationToken::new();
+                Some((stop.clone(), tokio::spawn(speaker.run(stop))))
+            }
+            None => None,
+        };
+        let control_stop = CancellationToken::new();
+        tokio::spawn(control::serve(
+            r.socket.clone(),
+            status,
+            handle.clone(),
+            control_stop.clone(),
+        ));
+        let enricher = Enricher::new(handle, r.local_as, r.attrs, r.peer_src_as.clone());
+        Ok(Self {
+            enricher,
+            attrs: r.attrs,
+            speaker,
+            control_stop,
+        })
+    }
+
+    /// Closes the BGP sessions (Cease, Administrative Shutdown).
+    async fn stop(self) {
+        self.control_stop.cancel();
+        if let Some((stop, task)) = self.speaker {
+            stop.cancel();
+            if task.await.is_err() {
+                warn!("the BGP task panicked");
+            }
+        }
+    }
 }
 
 /// Forwards aya-log records from the programs to the `log` crate.

@@ -4,9 +4,19 @@
 //! Every flag has a key of the same name (dashes become underscores) in the
 //! file, and a flag given on the command line wins over the file.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
+
+use crate::{
+    bgp::{NeighborConfig, SpeakerConfig},
+    enrich::BgpAttrs,
+};
 
 /// Largest accepted `--max-flows`: 16M entries per map. Per-CPU values make a
 /// map cost about `max_flows * (80 + 56 * CPUs)` bytes, so this already asks
@@ -16,6 +26,11 @@ pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
 pub const SAMPLING_LIMIT: u32 = 1 << 24;
 /// Longest accepted drain interval, one hour.
 pub const INTERVAL_LIMIT_SECS: u64 = 3600;
+/// Default per-neighbour route limit: a full table (about 1M IPv4 + 250k
+/// IPv6 prefixes) with room to grow.
+pub const DEFAULT_MAX_PREFIXES: usize = 2_000_000;
+/// Largest accepted per-neighbour route limit.
+pub const MAX_PREFIXES_LIMIT: usize = 50_000_000;
 
 /// Configuration errors; each names the key and the value at fault.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +125,51 @@ pub struct Config {
     pub max_flows: u32,
     /// Record destination.
     pub output: Output,
+    /// BGP and/or networks-file enrichment; `None` when neither is configured.
+    pub routing: Option<Routing>,
+}
+
+/// Checked routing settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    /// The BGP speaker, when `--bgp-listen` or an active neighbour is given.
+    pub bgp: Option<SpeakerConfig>,
+    /// `--networks-file`.
+    pub networks_file: Option<PathBuf>,
+    /// `--local-as` (0 when not given): the origin AS of routes with an empty path.
+    pub local_as: u32,
+    /// `--bgp-attrs`.
+    pub attrs: BgpAttrs,
+    /// `--bgp-peer-src-as`: ingress interface name to neighbour AS.
+    pub peer_src_as: HashMap<String, u32>,
+    /// `--bgp-socket`: where `flowagent bgp routes` asks the agent.
+    pub socket: PathBuf,
+}
+
+/// A neighbour as written in the file: `"ADDRESS=AS"` or a table.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawNeighbor {
+    /// `ADDRESS=AS`, as on the command line.
+    Short(String),
+    /// `{ address = "...", asn = N, active = false, port = 179 }`.
+    Full(RawNeighborTable),
+}
+
+/// A neighbour table in the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNeighborTable {
+    /// Its address.
+    pub address: String,
+    /// Its AS.
+    pub asn: u32,
+    /// Also connect to it (default: only accept).
+    #[serde(default)]
+    pub active: bool,
+    /// Port for active connects (default 179).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// Unchecked configuration as it comes from the file and the flags.
@@ -130,6 +190,26 @@ pub struct RawConfig {
     pub max_flows: Option<u32>,
     /// `--output`: a path, or `-` for stdout.
     pub output: Option<String>,
+    /// `--bgp-listen`: `ADDR:PORT`.
+    pub bgp_listen: Option<String>,
+    /// `--local-as`.
+    pub local_as: Option<u32>,
+    /// `--bgp-router-id`.
+    pub bgp_router_id: Option<String>,
+    /// `--bgp-neighbor` (repeatable).
+    pub bgp_neighbor: Vec<RawNeighbor>,
+    /// `--bgp-hold-time`, seconds.
+    pub bgp_hold_time: Option<u16>,
+    /// `--bgp-max-prefixes`.
+    pub bgp_max_prefixes: Option<usize>,
+    /// `--bgp-attrs`: `as_path`, `communities`.
+    pub bgp_attrs: Vec<String>,
+    /// `--bgp-peer-src-as`: `IFACE=AS` (repeatable).
+    pub bgp_peer_src_as: Vec<String>,
+    /// `--networks-file`.
+    pub networks_file: Option<String>,
+    /// `--bgp-socket`.
+    pub bgp_socket: Option<String>,
 }
 
 impl RawConfig {
@@ -159,11 +239,34 @@ impl RawConfig {
             sampling: flags.sampling.or(self.sampling),
             max_flows: flags.max_flows.or(self.max_flows),
             output: flags.output.or(self.output),
+            bgp_listen: flags.bgp_listen.or(self.bgp_listen),
+            local_as: flags.local_as.or(self.local_as),
+            bgp_router_id: flags.bgp_router_id.or(self.bgp_router_id),
+            bgp_neighbor: if flags.bgp_neighbor.is_empty() {
+                self.bgp_neighbor
+            } else {
+                flags.bgp_neighbor
+            },
+            bgp_hold_time: flags.bgp_hold_time.or(self.bgp_hold_time),
+            bgp_max_prefixes: flags.bgp_max_prefixes.or(self.bgp_max_prefixes),
+            bgp_attrs: if flags.bgp_attrs.is_empty() {
+                self.bgp_attrs
+            } else {
+                flags.bgp_attrs
+            },
+            bgp_peer_src_as: if flags.bgp_peer_src_as.is_empty() {
+                self.bgp_peer_src_as
+            } else {
+                flags.bgp_peer_src_as
+            },
+            networks_file: flags.networks_file.or(self.networks_file),
+            bgp_socket: flags.bgp_socket.or(self.bgp_socket),
         }
     }
 
     /// Checks every value and fills in defaults.
     pub fn validate(self) -> Result<Config, Error> {
+        let routing = self.routing()?;
         let interfaces = self
             .iface
             .iter()
@@ -257,8 +360,188 @@ impl RawConfig {
             sampling,
             max_flows,
             output,
+            routing,
         })
     }
+
+    /// Checks the BGP and networks-file keys.
+    fn routing(&self) -> Result<Option<Routing>, Error> {
+        let listen = match &self.bgp_listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "--bgp-listen",
+                    text,
+                    "expected ADDR:PORT, e.g. 127.0.0.1:17917",
+                )
+            })?),
+        };
+        let mut neighbors: Vec<NeighborConfig> = Vec::new();
+        for raw in &self.bgp_neighbor {
+            let n = match raw {
+                RawNeighbor::Short(text) => {
+                    let (addr, asn) = text.split_once('=').ok_or_else(|| {
+                        invalid(
+                            "--bgp-neighbor",
+                            text,
+                            "expected ADDRESS=AS, e.g. 127.0.0.1=65000",
+                        )
+                    })?;
+                    NeighborConfig {
+                        address: parse_ip("--bgp-neighbor", addr)?,
+                        asn: parse_asn("--bgp-neighbor", asn)?,
+                        active: false,
+                        port: 179,
+                    }
+                }
+                RawNeighbor::Full(t) => NeighborConfig {
+                    address: parse_ip("--bgp-neighbor", &t.address)?,
+                    asn: nonzero_asn("--bgp-neighbor", t.asn)?,
+                    active: t.active,
+                    port: t.port.unwrap_or(179),
+                },
+            };
+            if neighbors.iter().any(|m| m.address == n.address) {
+                return Err(invalid(
+                    "--bgp-neighbor",
+                    &n.address.to_string(),
+                    "listed twice",
+                ));
+            }
+            neighbors.push(n);
+        }
+        let local_as = self
+            .local_as
+            .map(|a| nonzero_asn("--local-as", a))
+            .transpose()?;
+        let bgp_on = listen.is_some() || neighbors.iter().any(|n| n.active);
+        let bgp = if bgp_on {
+            if neighbors.is_empty() {
+                return Err(invalid(
+                    "--bgp-neighbor",
+                    "",
+                    "BGP needs at least one neighbour",
+                ));
+            }
+            let local_as =
+                local_as.ok_or_else(|| invalid("--local-as", "", "required with BGP"))?;
+            let router_id = match &self.bgp_router_id {
+                None => return Err(invalid("--bgp-router-id", "", "required with BGP")),
+                Some(text) => text
+                    .parse::<Ipv4Addr>()
+                    .ok()
+                    .filter(|a| !a.is_unspecified())
+                    .ok_or_else(|| {
+                        invalid("--bgp-router-id", text, "expected a non-zero A.B.C.D")
+                    })?,
+            };
+            // Default: 90 s, the common router default (RFC 4271 suggests 90).
+            let hold_time = self.bgp_hold_time.unwrap_or(90);
+            if matches!(hold_time, 1 | 2) {
+                return Err(invalid(
+                    "--bgp-hold-time",
+                    &hold_time.to_string(),
+                    "0 or at least 3 seconds",
+                ));
+            }
+            let max_prefixes = self.bgp_max_prefixes.unwrap_or(DEFAULT_MAX_PREFIXES);
+            if !(1..=MAX_PREFIXES_LIMIT).contains(&max_prefixes) {
+                return Err(invalid(
+                    "--bgp-max-prefixes",
+                    &max_prefixes.to_string(),
+                    &format!("1 to {MAX_PREFIXES_LIMIT} routes per neighbour"),
+                ));
+            }
+            Some(SpeakerConfig {
+                listen,
+                local_as,
+                router_id,
+                hold_time,
+                neighbors,
+                max_prefixes,
+            })
+        } else {
+            if !neighbors.is_empty() {
+                return Err(invalid(
+                    "--bgp-neighbor",
+                    &neighbors[0].address.to_string(),
+                    "needs --bgp-listen (or active = true in the config file)",
+                ));
+            }
+            None
+        };
+        let mut attrs = BgpAttrs::default();
+        for a in &self.bgp_attrs {
+            match a.as_str() {
+                "as_path" => attrs.as_path = true,
+                "communities" => attrs.communities = true,
+                other => {
+                    return Err(invalid(
+                        "--bgp-attrs",
+                        other,
+                        "expected as_path and/or communities",
+                    ));
+                }
+            }
+        }
+        let mut peer_src_as = HashMap::new();
+        for text in &self.bgp_peer_src_as {
+            let (iface, asn) = text
+                .split_once('=')
+                .filter(|(i, _)| !i.is_empty() && i.len() <= 15)
+                .ok_or_else(|| {
+                    invalid(
+                        "--bgp-peer-src-as",
+                        text,
+                        "expected IFACE=AS, e.g. eth1=64496",
+                    )
+                })?;
+            peer_src_as.insert(iface.to_owned(), parse_asn("--bgp-peer-src-as", asn)?);
+        }
+        let networks_file = match self.networks_file.as_deref() {
+            None => None,
+            Some("") => return Err(invalid("--networks-file", "", "a file path")),
+            Some(p) => Some(PathBuf::from(p)),
+        };
+        if bgp.is_none() && networks_file.is_none() {
+            return Ok(None);
+        }
+        // Default: the path `flowagent bgp routes` asks by default.
+        let socket = match self.bgp_socket.as_deref() {
+            None => PathBuf::from(crate::bgp::control::DEFAULT_SOCKET),
+            Some("") => return Err(invalid("--bgp-socket", "", "a socket path")),
+            Some(p) => PathBuf::from(p),
+        };
+        Ok(Some(Routing {
+            bgp,
+            networks_file,
+            local_as: local_as.unwrap_or(0),
+            attrs,
+            peer_src_as,
+            socket,
+        }))
+    }
+}
+
+fn parse_ip(key: &'static str, text: &str) -> Result<IpAddr, Error> {
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(key, text, "expected an IPv4 or IPv6 address"))
+}
+
+fn parse_asn(key: &'static str, text: &str) -> Result<u32, Error> {
+    let asn = text
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| invalid(key, text, "expected an AS number, 1 to 4294967295"))?;
+    nonzero_asn(key, asn)
+}
+
+fn nonzero_asn(key: &'static str, asn: u32) -> Result<u32, Error> {
+    if asn == 0 {
+        return Err(invalid(key, "0", "AS 0 is reserved (RFC 7607)"));
+    }
+    Ok(asn)
 }
 
 fn invalid(key: &'static str, value: &str, reason: &str) -> Error {
@@ -369,6 +652,166 @@ mod tests {
                     ..raw()
                 },
                 "--direction",
+            ),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.clone().validate().unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("invalid {key} ")),
+                "{cfg:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bgp_from_flags_and_file() {
+        let file: RawConfig = toml::from_str(
+            r#"
+local_as = 65000
+bgp_router_id = "192.0.2.250"
+bgp_listen = "127.0.0.1:17917"
+bgp_attrs = ["as_path", "communities"]
+networks_file = "/etc/flowagent/networks"
+bgp_peer_src_as = ["eth1=64496"]
+bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true, port = 1179 }]
+"#,
+        )
+        .unwrap();
+        let r = file.validate().unwrap().routing.unwrap();
+        let bgp = r.bgp.unwrap();
+        assert_eq!(bgp.listen, Some("127.0.0.1:17917".parse().unwrap()));
+        assert_eq!(
+            (bgp.local_as, bgp.hold_time, bgp.max_prefixes),
+            (65000, 90, DEFAULT_MAX_PREFIXES)
+        );
+        assert_eq!(bgp.router_id, Ipv4Addr::new(192, 0, 2, 250));
+        assert_eq!(
+            bgp.neighbors,
+            vec![
+                NeighborConfig {
+                    address: "127.0.0.1".parse().unwrap(),
+                    asn: 65001,
+                    active: false,
+                    port: 179
+                },
+                NeighborConfig {
+                    address: "::1".parse().unwrap(),
+                    asn: 65002,
+                    active: true,
+                    port: 1179
+                },
+            ]
+        );
+        assert_eq!(
+            r.attrs,
+            BgpAttrs {
+                as_path: true,
+                communities: true
+            }
+        );
+        assert_eq!(r.peer_src_as, HashMap::from([("eth1".to_string(), 64496)]));
+        assert_eq!(
+            r.networks_file,
+            Some(PathBuf::from("/etc/flowagent/networks"))
+        );
+        // Nothing routing-related: no routing stage at all.
+        assert_eq!(raw().validate().unwrap().routing, None);
+        // A networks file alone.
+        let only_file = RawConfig {
+            networks_file: Some("n".into()),
+            ..raw()
+        };
+        let r = only_file.validate().unwrap().routing.unwrap();
+        assert_eq!((r.bgp, r.local_as), (None, 0));
+    }
+
+    #[test]
+    fn bgp_errors_name_the_key() {
+        let bgp = || RawConfig {
+            bgp_listen: Some("127.0.0.1:17917".into()),
+            local_as: Some(65000),
+            bgp_router_id: Some("192.0.2.1".into()),
+            bgp_neighbor: vec![RawNeighbor::Short("127.0.0.1=65001".into())],
+            ..raw()
+        };
+        assert!(bgp().validate().is_ok());
+        let cases: [(RawConfig, &str); 11] = [
+            (
+                RawConfig {
+                    bgp_listen: Some("127.0.0.1".into()),
+                    ..bgp()
+                },
+                "--bgp-listen",
+            ),
+            (
+                RawConfig {
+                    local_as: None,
+                    ..bgp()
+                },
+                "--local-as",
+            ),
+            (
+                RawConfig {
+                    local_as: Some(0),
+                    ..bgp()
+                },
+                "--local-as",
+            ),
+            (
+                RawConfig {
+                    bgp_router_id: None,
+                    ..bgp()
+                },
+                "--bgp-router-id",
+            ),
+            (
+                RawConfig {
+                    bgp_router_id: Some("0.0.0.0".into()),
+                    ..bgp()
+                },
+                "--bgp-router-id",
+            ),
+            (
+                RawConfig {
+                    bgp_neighbor: vec![],
+                    ..bgp()
+                },
+                "--bgp-neighbor",
+            ),
+            (
+                RawConfig {
+                    bgp_neighbor: vec![RawNeighbor::Short("127.0.0.1:65001".into())],
+                    ..bgp()
+                },
+                "--bgp-neighbor",
+            ),
+            (
+                RawConfig {
+                    bgp_hold_time: Some(2),
+                    ..bgp()
+                },
+                "--bgp-hold-time",
+            ),
+            (
+                RawConfig {
+                    bgp_attrs: vec!["med".into()],
+                    ..bgp()
+                },
+                "--bgp-attrs",
+            ),
+            (
+                RawConfig {
+                    bgp_peer_src_as: vec!["eth1".into()],
+                    ..bgp()
+                },
+                "--bgp-peer-src-as",
+            ),
+            (
+                RawConfig {
+                    bgp_listen: None,
+                    ..bgp()
+                },
+                "--bgp-neighbor",
             ),
         ];
         for (cfg, key) in cases {

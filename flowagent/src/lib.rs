@@ -6,8 +6,11 @@
 //! owns the shutdown order.
 
 pub mod app;
+pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod drain;
+pub mod enrich;
 pub mod export;
 pub mod flow;
+pub mod rib;

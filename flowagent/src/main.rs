@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use flowagent::config::RawConfig;
+use flowagent::config::{RawConfig, RawNeighbor};
 
 /// eBPF/XDP flow accounting agent for Linux routers.
 #[derive(Debug, Parser)]
@@ -36,6 +36,61 @@ struct Cli {
     /// Where JSON lines go: a file (appended) or - for stdout. Default: -.
     #[arg(long, value_name = "PATH|-")]
     output: Option<String>,
+    /// Accept BGP sessions from the router's daemon on ADDR:PORT, e.g.
+    /// 127.0.0.1:17917. The agent never announces routes. Default: off.
+    #[arg(long, value_name = "ADDR:PORT")]
+    bgp_listen: Option<String>,
+    /// Our AS number (BGP, and the origin AS of routes with an empty AS_PATH).
+    #[arg(long, value_name = "N")]
+    local_as: Option<u32>,
+    /// Our BGP identifier.
+    #[arg(long, value_name = "A.B.C.D")]
+    bgp_router_id: Option<String>,
+    /// A BGP neighbour allowed to connect, with its AS (repeatable), e.g.
+    /// 127.0.0.1=65000 (same AS as --local-as for iBGP).
+    #[arg(long, value_name = "ADDRESS=AS")]
+    bgp_neighbor: Vec<String>,
+    /// Hold time to propose, seconds (0 or >= 3). Default: 90.
+    #[arg(long, value_name = "SECONDS")]
+    bgp_hold_time: Option<u16>,
+    /// Routes accepted per neighbour before its session is closed. Default: 2000000.
+    #[arg(long, value_name = "N")]
+    bgp_max_prefixes: Option<usize>,
+    /// Also write these destination-route attributes: as_path, communities.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    bgp_attrs: Vec<String>,
+    /// peer_as_src for traffic entering an interface (repeatable), e.g. eth1=64496.
+    #[arg(long, value_name = "IFACE=AS")]
+    bgp_peer_src_as: Vec<String>,
+    /// Lines of prefix,asn[,peer_asn]; fills the routing fields where BGP has no route.
+    #[arg(long, value_name = "PATH")]
+    networks_file: Option<String>,
+    /// Socket on which `flowagent bgp routes` asks the running agent.
+    /// Default: /run/flowagent-bgp.sock.
+    #[arg(long, value_name = "PATH")]
+    bgp_socket: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Ask a running agent about BGP.
+    Bgp {
+        #[command(subcommand)]
+        what: BgpCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BgpCommand {
+    /// Sessions and table sizes; with an address, the route covering it;
+    /// with a prefix, the best routes inside it.
+    Routes {
+        /// An address or a prefix.
+        #[arg(value_name = "PREFIX|IP")]
+        query: Option<String>,
+    },
 }
 
 impl Cli {
@@ -48,6 +103,21 @@ impl Cli {
             sampling: self.sampling,
             max_flows: self.max_flows,
             output: self.output.clone(),
+            bgp_listen: self.bgp_listen.clone(),
+            local_as: self.local_as,
+            bgp_router_id: self.bgp_router_id.clone(),
+            bgp_neighbor: self
+                .bgp_neighbor
+                .iter()
+                .cloned()
+                .map(RawNeighbor::Short)
+                .collect(),
+            bgp_hold_time: self.bgp_hold_time,
+            bgp_max_prefixes: self.bgp_max_prefixes,
+            bgp_attrs: self.bgp_attrs.clone(),
+            bgp_peer_src_as: self.bgp_peer_src_as.clone(),
+            networks_file: self.networks_file.clone(),
+            bgp_socket: self.bgp_socket.clone(),
         }
     }
 }
@@ -67,6 +137,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Bgp {
+        what: BgpCommand::Routes { query },
+    }) = &cli.command
+    {
+        let socket = cli
+            .bgp_socket
+            .clone()
+            .unwrap_or_else(|| flowagent::bgp::control::DEFAULT_SOCKET.into());
+        let line = match query {
+            Some(q) => format!("routes {q}"),
+            None => "routes".into(),
+        };
+        return match flowagent::bgp::control::query(std::path::Path::new(&socket), &line) {
+            Ok(text) => {
+                print!("{text}");
+                if text.starts_with("error:") {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail(
+                1,
+                &format!(
+                    "cannot ask the agent on {socket}: {e} (is it running with BGP or --networks-file?)"
+                ),
+            ),
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let file = match &cli.config {

@@ -17,7 +17,7 @@ use flowagent_common::Counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::{config::Output, drain::Batch, flow::FlowRecord};
+use crate::{config::Output, drain::Batch, enrich::BgpAttrs, flow::FlowRecord};
 
 /// Output errors.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,77 @@ struct FlowLine<'a> {
     timestamp_start: String,
     timestamp_end: String,
     sampling_rate: u32,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    routing: Option<RoutingFields>,
+}
+
+/// The routing fields, pmacct names; written when routing is configured.
+#[derive(Serialize)]
+struct RoutingFields {
+    as_src: u32,
+    as_dst: u32,
+    peer_as_src: u32,
+    peer_as_dst: u32,
+    /// Matched prefix, or the unspecified address when none matched (as pmacct).
+    net_src: IpAddr,
+    mask_src: u8,
+    net_dst: IpAddr,
+    mask_dst: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bgp_nexthop: Option<IpAddr>,
+    /// ASes joined by `_`, as pmacct prints them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_path: Option<String>,
+    /// `asn:value` joined by `_`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comms: Option<String>,
+    /// `global:local1:local2` joined by `_`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lcomms: Option<String>,
+}
+
+fn unspecified_like(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+impl RoutingFields {
+    fn new(r: &FlowRecord, attrs: BgpAttrs) -> Self {
+        let e = &r.enrichment;
+        let join = |v: Vec<String>| v.join("_");
+        RoutingFields {
+            as_src: e.as_src,
+            as_dst: e.as_dst,
+            peer_as_src: e.peer_as_src,
+            peer_as_dst: e.peer_as_dst,
+            net_src: e.net_src.map_or(unspecified_like(r.src), |n| n.0),
+            mask_src: e.net_src.map_or(0, |n| n.1),
+            net_dst: e.net_dst.map_or(unspecified_like(r.dst), |n| n.0),
+            mask_dst: e.net_dst.map_or(0, |n| n.1),
+            bgp_nexthop: e.bgp_nexthop,
+            as_path: attrs
+                .as_path
+                .then(|| join(e.as_path.iter().map(u32::to_string).collect())),
+            comms: attrs.communities.then(|| {
+                join(
+                    e.communities
+                        .iter()
+                        .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
+                        .collect(),
+                )
+            }),
+            lcomms: attrs.communities.then(|| {
+                join(
+                    e.large_communities
+                        .iter()
+                        .map(|[a, b, c]| format!("{a}:{b}:{c}"))
+                        .collect(),
+                )
+            }),
+        }
+    }
 }
 
 impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
@@ -116,6 +187,7 @@ impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
             timestamp_start: rfc3339(r.start),
             timestamp_end: rfc3339(r.end),
             sampling_rate: r.sampling_rate,
+            routing: None,
         }
     }
 }
@@ -138,6 +210,8 @@ struct CountersLine {
 /// Writes batches as JSON lines.
 pub struct JsonlWriter<W: Write = Box<dyn Write + Send>> {
     out: BufWriter<W>,
+    /// Write the routing fields (and which optional ones), `None` without routing.
+    routing: Option<BgpAttrs>,
 }
 
 impl JsonlWriter {
@@ -165,14 +239,23 @@ impl<W: Write> JsonlWriter<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: BufWriter::with_capacity(64 * 1024, out),
+            routing: None,
         }
+    }
+
+    /// Also writes the routing fields (`as_src`, `net_dst`, ...), plus
+    /// `as_path`/`comms`/`lcomms` as `attrs` asks.
+    pub fn with_routing(mut self, attrs: BgpAttrs) -> Self {
+        self.routing = Some(attrs);
+        self
     }
 
     /// Writes one batch and flushes it.
     pub fn write_batch(&mut self, batch: &Batch) -> Result<(), Error> {
         for record in &batch.records {
-            serde_json::to_writer(&mut self.out, &FlowLine::from(record))
-                .map_err(io::Error::from)?;
+            let mut line = FlowLine::from(record);
+            line.routing = self.routing.map(|attrs| RoutingFields::new(record, attrs));
+            serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
             self.out.write_all(b"\n")?;
         }
         let c = &batch.counters;
@@ -256,6 +339,76 @@ mod tests {
             serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"],
             253
         );
+    }
+
+    #[test]
+    fn routing_fields_with_pmacct_names() {
+        let t = SystemTime::UNIX_EPOCH;
+        let r = FlowRecord {
+            src: Ipv4Addr::new(10, 1, 1, 1).into(),
+            dst: Ipv4Addr::new(198, 51, 100, 7).into(),
+            src_port: 1,
+            dst_port: 2,
+            proto: 6,
+            tos: 0,
+            tcp_flags: 0,
+            vlan: 0,
+            ifindex: 3,
+            direction: FlowDirection::Ingress,
+            other_ifindex: 0,
+            iface_in: None,
+            iface_out: None,
+            next_hop: None,
+            packets: 1,
+            bytes: 40,
+            start: t,
+            end: t,
+            sampling_rate: 1,
+            enrichment: crate::flow::Enrichment {
+                as_src: 0,
+                as_dst: 65010,
+                peer_as_src: 0,
+                peer_as_dst: 65001,
+                net_src: None,
+                net_dst: Some((Ipv4Addr::new(198, 51, 100, 0).into(), 24)),
+                bgp_nexthop: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
+                as_path: vec![65001, 65010],
+                communities: vec![(65001 << 16) | 100, (65001 << 16) | 200],
+                large_communities: vec![[65001, 1, 2]],
+            },
+        };
+        let batch = Batch {
+            start: t,
+            end: t,
+            records: vec![r],
+            counters: Counters::default(),
+            dropped_records: 0,
+            sampling_rate: 1,
+        };
+        let attrs = BgpAttrs {
+            as_path: true,
+            communities: true,
+        };
+        let mut w = JsonlWriter::new(Vec::new()).with_routing(attrs);
+        w.write_batch(&batch).unwrap();
+        let text = String::from_utf8(w.out.into_inner().unwrap()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let expected = serde_json::json!({
+            "as_src": 0, "as_dst": 65010, "peer_as_src": 0, "peer_as_dst": 65001,
+            "net_src": "0.0.0.0", "mask_src": 0, "net_dst": "198.51.100.0", "mask_dst": 24,
+            "bgp_nexthop": "192.0.2.1", "as_path": "65001_65010",
+            "comms": "65001:100_65001:200", "lcomms": "65001:1:2"
+        });
+        for (k, v) in expected.as_object().unwrap() {
+            assert_eq!(&line[k], v, "{k}");
+        }
+        // Without --bgp-attrs only the fixed routing fields appear.
+        let mut w = JsonlWriter::new(Vec::new()).with_routing(BgpAttrs::default());
+        w.write_batch(&batch).unwrap();
+        let text = String::from_utf8(w.out.into_inner().unwrap()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["as_dst"], 65010);
+        assert!(line.get("as_path").is_none() && line.get("comms").is_none());
     }
 
     #[test]

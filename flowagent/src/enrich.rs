@@ -1,0 +1,308 @@
+//! Enrichment: fills each record's [`Enrichment`] from the RIB, pmacct
+//! semantics, one batch at a time.
+//!
+//! - `as_src`/`as_dst`: origin AS (last AS of AS_PATH) of the best BGP route
+//!   covering the address; the local AS for an empty path (a route of our
+//!   own AS); else the networks-file AS; else 0.
+//! - `peer_as_dst`: first AS of the path toward `ip_dst` (0 for an empty
+//!   path), else the networks file's peer AS; `bgp_nexthop`: that route's
+//!   next hop.
+//! - `peer_as_src`: from the per-interface map (pmacct's
+//!   `bgp_peer_src_as_map`, keyed by the ingress interface name; records
+//!   carry no MAC, so MAC keys are not supported), else as `peer_as_dst` but
+//!   toward `ip_src`.
+//! - `net_src`/`net_dst`: the matched prefixes (BGP first, then the file).
+//! - AS_PATH and communities of the destination route only when asked for
+//!   (`--bgp-attrs`): they cost an allocation per record.
+//!
+//! Invariant: the RIB read lock is held for at most [`CHUNK`] records, so
+//! the RIB owner publishing a full table waits microseconds, not a batch.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use log::warn;
+use tokio::sync::mpsc;
+
+use crate::{
+    drain::Batch,
+    flow::{Enrichment, FlowRecord},
+    rib::{RibHandle, RibView},
+};
+
+/// Records looked up per read-lock section.
+pub const CHUNK: usize = 1024;
+
+/// Optional attributes copied into records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BgpAttrs {
+    /// Copy AS_PATH (`as_path`).
+    pub as_path: bool,
+    /// Copy standard and large communities (`comms`, `lcomms`).
+    pub communities: bool,
+}
+
+/// Batch enrichment against a [`RibHandle`].
+#[derive(Clone, Debug)]
+pub struct Enricher {
+    rib: RibHandle,
+    local_as: u32,
+    attrs: BgpAttrs,
+    peer_src_as: HashMap<String, u32>,
+}
+
+/// What one address resolves to.
+struct Lookup {
+    origin: u32,
+    peer: u32,
+    net: Option<(IpAddr, u8)>,
+}
+
+impl Enricher {
+    /// An enricher for `local_as`, copying `attrs`, with the interface →
+    /// neighbour AS map for `peer_as_src`.
+    pub fn new(
+        rib: RibHandle,
+        local_as: u32,
+        attrs: BgpAttrs,
+        peer_src_as: HashMap<String, u32>,
+    ) -> Self {
+        Self {
+            rib,
+            local_as,
+            attrs,
+            peer_src_as,
+        }
+    }
+
+    /// Fills the enrichment of every record.
+    pub fn enrich(&self, records: &mut [FlowRecord]) {
+        for chunk in records.chunks_mut(CHUNK) {
+            let view = self.rib.read();
+            for r in chunk {
+                r.enrichment = self.one(&view, r);
+            }
+        }
+    }
+
+    fn lookup(&self, view: &RibView<'_>, addr: IpAddr) -> Lookup {
+        if let Some((prefix, a)) = view.bgp(addr) {
+            return Lookup {
+                origin: a.origin_as().unwrap_or(self.local_as),
+                peer: a.first_as().unwrap_or(0),
+                net: Some((prefix.network(), prefix.prefix_len())),
+            };
+        }
+        if let Some((prefix, e)) = view.network(addr) {
+            return Lookup {
+                origin: e.asn,
+                peer: e.peer_asn,
+                net: Some((prefix.network(), prefix.prefix_len())),
+            };
+        }
+        Lookup {
+            origin: 0,
+            peer: 0,
+            net: None,
+        }
+    }
+
+    fn one(&self, view: &RibView<'_>, r: &FlowRecord) -> Enrichment {
+        let src = self.lookup(view, r.src);
+        let dst = self.lookup(view, r.dst);
+        let mut e = Enrichment {
+            as_src: src.origin,
+            as_dst: dst.origin,
+            peer_as_src: r
+                .iface_in
+                .as_deref()
+                .and_then(|i| self.peer_src_as.get(i).copied())
+                .unwrap_or(src.peer),
+            peer_as_dst: dst.peer,
+            net_src: src.net,
+            net_dst: dst.net,
+            ..Enrichment::default()
+        };
+        if let Some((_, a)) = view.bgp(r.dst) {
+            e.bgp_nexthop = a.next_hop;
+            if self.attrs.as_path {
+                e.as_path = a.flat_path().collect();
+            }
+            if self.attrs.communities {
+                e.communities = a.communities.clone();
+                e.large_communities = a.large_communities.clone();
+            }
+        }
+        e
+    }
+
+    /// Enriches batches from `input` and passes them to `output` until
+    /// `input` closes (blocking: run on its own thread). The drain never
+    /// waits for this stage: it drops when `input` is full.
+    pub fn run(self, mut input: mpsc::Receiver<Batch>, output: mpsc::Sender<Batch>) {
+        while let Some(mut batch) = input.blocking_recv() {
+            self.enrich(&mut batch.records);
+            if output.blocking_send(batch).is_err() {
+                warn!("enrichment: the output is gone, stopping");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        flow::FlowDirection,
+        rib::{AsSegment, PathAttrs, Rib, RibUpdate, networks},
+    };
+
+    fn record(src: &str, dst: &str, iface: Option<&str>) -> FlowRecord {
+        FlowRecord {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: 0,
+            dst_port: 0,
+            proto: 6,
+            tos: 0,
+            tcp_flags: 0,
+            vlan: 0,
+            ifindex: 1,
+            direction: FlowDirection::Ingress,
+            other_ifindex: 0,
+            iface_in: iface.map(Into::into),
+            iface_out: None,
+            next_hop: None,
+            packets: 1,
+            bytes: 1,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            sampling_rate: 1,
+            enrichment: Enrichment::default(),
+        }
+    }
+
+    fn rib() -> RibHandle {
+        let nets = networks::parse("10.0.0.0/8,64496,64511\n198.51.0.0/16,64497\n", "t").unwrap();
+        let h = RibHandle::new(nets);
+        let mut rib = Rib::new(h.clone(), 1000);
+        let add = |rib: &mut Rib, prefix: &str, path: Vec<u32>, nh: &str| {
+            rib.apply(RibUpdate {
+                announced: vec![(prefix.parse().unwrap(), 0)],
+                attrs: PathAttrs {
+                    as_path: if path.is_empty() {
+                        vec![]
+                    } else {
+                        vec![AsSegment::Sequence(path)]
+                    },
+                    next_hop: Some(nh.parse().unwrap()),
+                    communities: vec![0xfde9_0064],
+                    large_communities: vec![[65001, 1, 2]],
+                    ..PathAttrs::default()
+                },
+                ..RibUpdate::new("127.0.0.1".parse().unwrap())
+            })
+            .unwrap();
+        };
+        add(&mut rib, "198.51.100.0/24", vec![65001, 65010], "192.0.2.1");
+        add(
+            &mut rib,
+            "2001:db8::/32",
+            vec![65002, 65020, 65030],
+            "2001:db8::1",
+        );
+        add(&mut rib, "192.0.2.0/24", vec![], "192.0.2.254");
+        h
+    }
+
+    #[test]
+    fn bgp_first_then_networks_file_then_zero() {
+        let e = Enricher::new(rib(), 65000, BgpAttrs::default(), HashMap::new());
+        let mut recs = vec![
+            record("10.1.1.1", "198.51.100.7", None),
+            record("198.51.7.7", "192.0.2.9", None),
+            record("2001:db8::9", "2001:db9::1", None),
+        ];
+        e.enrich(&mut recs);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            recs[0].enrichment,
+            Enrichment {
+                as_src: 64496,
+                peer_as_src: 64511,
+                net_src: Some((ip("10.0.0.0"), 8)),
+                as_dst: 65010,
+                peer_as_dst: 65001,
+                net_dst: Some((ip("198.51.100.0"), 24)),
+                bgp_nexthop: Some(ip("192.0.2.1")),
+                ..Enrichment::default()
+            }
+        );
+        // File fills the gap BGP leaves (/16 not in BGP); empty path = local AS.
+        assert_eq!(
+            recs[1].enrichment,
+            Enrichment {
+                as_src: 64497,
+                peer_as_src: 0,
+                net_src: Some((ip("198.51.0.0"), 16)),
+                as_dst: 65000,
+                peer_as_dst: 0,
+                net_dst: Some((ip("192.0.2.0"), 24)),
+                bgp_nexthop: Some(ip("192.0.2.254")),
+                ..Enrichment::default()
+            }
+        );
+        assert_eq!(
+            recs[2].enrichment,
+            Enrichment {
+                as_src: 65030,
+                peer_as_src: 65002,
+                net_src: Some((ip("2001:db8::"), 32)),
+                ..Enrichment::default()
+            }
+        );
+    }
+
+    #[test]
+    fn attrs_when_asked_and_peer_src_map() {
+        let attrs = BgpAttrs {
+            as_path: true,
+            communities: true,
+        };
+        let map = HashMap::from([("eth1".to_string(), 64999)]);
+        let e = Enricher::new(rib(), 65000, attrs, map);
+        let mut recs = vec![
+            record("2001:db8::9", "198.51.100.7", Some("eth1")),
+            record("2001:db8::9", "198.51.100.7", Some("eth2")),
+        ];
+        e.enrich(&mut recs);
+        assert_eq!(recs[0].enrichment.peer_as_src, 64999);
+        assert_eq!(recs[1].enrichment.peer_as_src, 65002);
+        assert_eq!(recs[0].enrichment.as_path, vec![65001, 65010]);
+        assert_eq!(recs[0].enrichment.communities, vec![0xfde9_0064]);
+        assert_eq!(recs[0].enrichment.large_communities, vec![[65001, 1, 2]]);
+    }
+
+    #[test]
+    fn run_passes_batches_through() {
+        let e = Enricher::new(rib(), 65000, BgpAttrs::default(), HashMap::new());
+        let (in_tx, in_rx) = mpsc::channel(2);
+        let (out_tx, mut out_rx) = mpsc::channel(2);
+        let batch = Batch {
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            records: vec![record("10.1.1.1", "198.51.100.7", None)],
+            counters: Default::default(),
+            dropped_records: 0,
+            sampling_rate: 1,
+        };
+        in_tx.try_send(batch).unwrap();
+        drop(in_tx);
+        e.run(in_rx, out_tx);
+        let out = out_rx.try_recv().unwrap();
+        assert_eq!(out.records[0].enrichment.as_dst, 65010);
+        assert!(out_rx.try_recv().is_err());
+    }
+}
