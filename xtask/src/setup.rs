@@ -18,8 +18,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
 /// that nothing is left attached), util-linux (setpriv, unshare for the
-/// privilege and BTF error tests), iputils-ping.
-pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "iputils-ping"];
+/// privilege and BTF error tests), iputils-ping, and the real BGP peers the
+/// BGP tests run: bird2 and gobgpd.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "util-linux",
+    "iputils-ping",
+    "bird2",
+    "gobgpd",
+];
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {

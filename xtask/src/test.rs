@@ -54,7 +54,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 ]),
         )?;
     }
-    run_cmd(cargo().args([
+    // The BGP tests must not skip for want of a peer here: setup installed them.
+    run_cmd(cargo().env("FLOWAGENT_REQUIRE_PEERS", "1").args([
         "test",
         "--package",
         "flowagent",
