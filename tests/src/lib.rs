@@ -13,4 +13,5 @@ pub mod bench;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod peers;
 pub mod send;

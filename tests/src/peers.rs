@@ -1,0 +1,72 @@
+//! Real BGP daemons for the end-to-end tests: BIRD 2 with its own config,
+//! control socket and log in a scratch directory, inside a test namespace;
+//! killed on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{agent::TempDir, netns::Netns};
+
+/// A BIRD 2 daemon running in a namespace.
+pub struct Bird {
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Bird {
+    /// Starts `bird` in `ns` with `config`.
+    pub fn start(ns: &Netns, config: &str) -> Bird {
+        let dir = TempDir::new("bird");
+        std::fs::write(dir.0.join("bird.conf"), config).unwrap();
+        let log = std::fs::File::create(dir.0.join("bird.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "bird", "-f", "-c"])
+            .arg(dir.0.join("bird.conf"))
+            .arg("-s")
+            .arg(dir.0.join("bird.ctl"))
+            .arg("-P")
+            .arg(dir.0.join("bird.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start bird (Debian package bird2)");
+        Bird {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// Replaces the config and reloads it with `birdc configure`.
+    pub fn reconfigure(&self, config: &str) {
+        std::fs::write(self.dir.0.join("bird.conf"), config).unwrap();
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.socket())
+            .arg("configure")
+            .output()
+            .expect("birdc");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Reconfigured"), "birdc configure: {text}");
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.0.join("bird.ctl")
+    }
+
+    /// BIRD's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("bird.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
