@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod capture;
+pub mod collect;
 pub mod config;
 pub mod drain;
 pub mod export;
