@@ -4,13 +4,17 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use flowagent::config::RawConfig;
 
 /// eBPF/XDP flow accounting agent for Linux routers.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Run another role than the agent.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with any of the settings below (flags win).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -36,6 +40,13 @@ struct Cli {
     /// Where JSON lines go: a file (appended) or - for stdout. Default: -.
     #[arg(long, value_name = "PATH|-")]
     output: Option<String>,
+}
+
+/// Roles other than the agent.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive flow records from agents over gRPC and store them.
+    Collect(flowagent::collect::cli::CollectArgs),
 }
 
 impl Cli {
@@ -68,6 +79,9 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Collect(args)) = cli.command {
+        return collect(args);
+    }
 
     let file = match &cli.config {
         Some(path) => match RawConfig::from_file(path) {
@@ -94,6 +108,21 @@ fn main() -> ExitCode {
             eprintln!("flowagent: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn collect(args: flowagent::collect::cli::CollectArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    match runtime.block_on(flowagent::collect::cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
     }
 }
 

@@ -16,8 +16,11 @@
 //! flow control) and its acker answers them in arrival order. The writer
 //! commits whatever batches are waiting, from all streams, with one fsync.
 
+pub mod cli;
 mod service;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -59,8 +62,8 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),
-    /// The writer thread could not be started.
-    #[error("starting the writer thread: {0}")]
+    /// The writer thread or a signal handler could not be set up.
+    #[error("starting the collector: {0}")]
     Thread(#[source] std::io::Error),
 }
 
