@@ -8,6 +8,7 @@
 pub mod app;
 pub mod bgp;
 pub mod capture;
+pub mod collect;
 pub mod config;
 pub mod drain;
 pub mod enrich;

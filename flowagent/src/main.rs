@@ -73,6 +73,7 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// Roles other than the agent.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Ask a running agent about BGP.
@@ -80,6 +81,8 @@ enum Command {
         #[command(subcommand)]
         what: BgpCommand,
     },
+    /// Receive flow records from agents over gRPC and store them.
+    Collect(flowagent::collect::cli::CollectArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -167,6 +170,9 @@ fn main() -> ExitCode {
         };
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Collect(args)) = cli.command {
+        return collect(args);
+    }
 
     let file = match &cli.config {
         Some(path) => match RawConfig::from_file(path) {
@@ -193,6 +199,21 @@ fn main() -> ExitCode {
             eprintln!("flowagent: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn collect(args: flowagent::collect::cli::CollectArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    match runtime.block_on(flowagent::collect::cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
     }
 }
 

@@ -73,6 +73,9 @@ fn rfc3339(t: SystemTime) -> String {
 #[derive(Serialize)]
 struct FlowLine<'a> {
     event_type: &'static str,
+    /// Set by the collector, which writes the records of many agents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<&'a str>,
     ip_src: IpAddr,
     ip_dst: IpAddr,
     port_src: u16,
@@ -169,6 +172,7 @@ impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
     fn from(r: &'a FlowRecord) -> Self {
         FlowLine {
             event_type: "purge",
+            agent_id: None,
             ip_src: r.src,
             ip_dst: r.dst,
             port_src: r.src_port,
@@ -193,8 +197,10 @@ impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
 }
 
 #[derive(Serialize)]
-struct CountersLine {
+struct CountersLine<'a> {
     event_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<&'a str>,
     timestamp_start: String,
     timestamp_end: String,
     non_ip_packets: u64,
@@ -205,6 +211,55 @@ struct CountersLine {
     overflow_bytes: u64,
     dropped_records: u64,
     sampling_rate: u32,
+}
+
+/// Writes one flow record as a JSON line, with `agent_id` when given (the
+/// collector's files hold many agents' records) and the routing fields when
+/// `routing` says which.
+pub fn write_flow_line(
+    out: &mut impl Write,
+    record: &FlowRecord,
+    agent_id: Option<&str>,
+    routing: Option<BgpAttrs>,
+) -> io::Result<()> {
+    let line = FlowLine {
+        agent_id,
+        routing: routing.map(|attrs| RoutingFields::new(record, attrs)),
+        ..FlowLine::from(record)
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
+
+/// Writes the counters of one interval (`batch`'s records are ignored) as a
+/// JSON line, with `agent_id` when given.
+pub fn write_counters_line(
+    out: &mut impl Write,
+    batch: &Batch,
+    agent_id: Option<&str>,
+) -> io::Result<()> {
+    let c = &batch.counters;
+    let line = CountersLine {
+        event_type: "counters",
+        agent_id,
+        timestamp_start: rfc3339(batch.start),
+        timestamp_end: rfc3339(batch.end),
+        non_ip_packets: c.get(Counter::NonIpPackets),
+        non_ip_bytes: c.get(Counter::NonIpBytes),
+        malformed_packets: c.get(Counter::MalformedPackets),
+        malformed_bytes: c.get(Counter::MalformedBytes),
+        overflow_packets: c.get(Counter::OverflowPackets),
+        overflow_bytes: c.get(Counter::OverflowBytes),
+        dropped_records: batch.dropped_records,
+        sampling_rate: batch.sampling_rate,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
+
+/// RFC 3339 with microseconds, as in every timestamp of the JSON lines.
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    rfc3339(t)
 }
 
 /// Writes batches as JSON lines.
@@ -253,27 +308,9 @@ impl<W: Write> JsonlWriter<W> {
     /// Writes one batch and flushes it.
     pub fn write_batch(&mut self, batch: &Batch) -> Result<(), Error> {
         for record in &batch.records {
-            let mut line = FlowLine::from(record);
-            line.routing = self.routing.map(|attrs| RoutingFields::new(record, attrs));
-            serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
-            self.out.write_all(b"\n")?;
+            write_flow_line(&mut self.out, record, None, self.routing)?;
         }
-        let c = &batch.counters;
-        let line = CountersLine {
-            event_type: "counters",
-            timestamp_start: rfc3339(batch.start),
-            timestamp_end: rfc3339(batch.end),
-            non_ip_packets: c.get(Counter::NonIpPackets),
-            non_ip_bytes: c.get(Counter::NonIpBytes),
-            malformed_packets: c.get(Counter::MalformedPackets),
-            malformed_bytes: c.get(Counter::MalformedBytes),
-            overflow_packets: c.get(Counter::OverflowPackets),
-            overflow_bytes: c.get(Counter::OverflowBytes),
-            dropped_records: batch.dropped_records,
-            sampling_rate: batch.sampling_rate,
-        };
-        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
-        self.out.write_all(b"\n")?;
+        write_counters_line(&mut self.out, batch, None)?;
         self.out.flush()?;
         Ok(())
     }

@@ -1,0 +1,206 @@
+//! In-process collector tests: a real tonic server on 127.0.0.1:0 and real
+//! tonic clients.
+
+use std::{net::SocketAddr, path::Path};
+
+use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+use super::*;
+use crate::export::grpc::{
+    convert::{self, tests::full_record},
+    proto::collector_client::CollectorClient,
+    security::TokenAdd,
+};
+
+pub(crate) struct Running {
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub(crate) async fn start(dir: &Path, security: Security) -> Running {
+    let collector = Collector::bind(CollectConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        out_dir: dir.to_owned(),
+        security,
+    })
+    .await
+    .unwrap();
+    let addr = collector.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(collector.run(cancel.clone()));
+    Running { addr, cancel, task }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn batch(agent: &str, epoch: u64, id: u64, n: u64) -> proto::FlowBatch {
+    proto::FlowBatch {
+        agent_id: agent.into(),
+        epoch,
+        batch_id: id,
+        records: (0..n)
+            .map(|i| convert::to_proto(&full_record(i), agent))
+            .collect(),
+        counters: vec![],
+        dropped: None,
+    }
+}
+
+/// Every JSON line in the output directory.
+pub(crate) fn lines(dir: &Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(dir.join(n))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+type Client = CollectorClient<tonic::service::interceptor::InterceptedService<Channel, TokenAdd>>;
+
+fn connect(ch: Channel, token: Option<&str>) -> Client {
+    CollectorClient::with_interceptor(ch, TokenAdd::new(token))
+}
+
+async fn export(
+    client: &mut Client,
+    batches: Vec<proto::FlowBatch>,
+) -> Vec<Result<(u64, bool), Code>> {
+    let mut acks = client
+        .export(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        match acks.message().await {
+            Ok(Some(a)) => out.push(Ok((a.batch_id, a.duplicate))),
+            Ok(None) => break,
+            Err(status) => {
+                out.push(Err(status.code()));
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_after_write_and_drops_redelivered_batches_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), Security::default()).await;
+    let mut client = connect(channel(c.addr).await, None);
+    let acks = export(
+        &mut client,
+        vec![
+            batch("a", 1, 1, 3),
+            batch("a", 1, 2, 2),
+            batch("a", 1, 1, 3),
+            batch("b", 9, 1, 4),
+        ],
+    )
+    .await;
+    assert_eq!(
+        acks,
+        vec![
+            Ok((1, false)),
+            Ok((2, false)),
+            Ok((1, true)),
+            Ok((1, false))
+        ]
+    );
+    assert_eq!(lines(dir.path()).len(), 3 + 2 + 4);
+    c.stop().await;
+
+    let c = start(dir.path(), Security::default()).await;
+    let mut client = connect(channel(c.addr).await, None);
+    let acks = export(&mut client, vec![batch("a", 1, 2, 2), batch("a", 1, 3, 5)]).await;
+    assert_eq!(acks, vec![Ok((2, true)), Ok((3, false))]);
+    let all = lines(dir.path());
+    assert_eq!(all.len(), 3 + 2 + 4 + 5);
+    assert_eq!(all.iter().filter(|l| l["agent_id"] == "b").count(), 4);
+    assert_eq!(all[0]["bytes"], 15_000);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_status_codes_and_service_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let out = dir.path().join("out");
+    let c = start(
+        &out,
+        Security {
+            token_file: Some(token),
+            ..Security::default()
+        },
+    )
+    .await;
+    let ch = channel(c.addr).await;
+
+    // No token, wrong token: UNAUTHENTICATED at the call.
+    let err = CollectorClient::new(ch.clone())
+        .export(tokio_stream::iter(vec![batch("a", 1, 1, 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = CollectorClient::with_interceptor(ch.clone(), TokenAdd::new(Some("nope")))
+        .export(tokio_stream::iter(vec![batch("a", 1, 1, 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Garbage bytes on the port: the connection is closed, nothing else.
+    let mut raw = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage \x16\x03\x01")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink),
+    )
+    .await;
+
+    // Malformed batches: INVALID_ARGUMENT, nothing written.
+    let mut client = connect(ch.clone(), Some("s3cret"));
+    let mut bad = batch("a", 1, 1, 2);
+    bad.records[0].dst_addr = vec![1, 2, 3];
+    let acks = export(&mut client, vec![batch("a", 1, 1, 1), bad]).await;
+    assert_eq!(acks, vec![Ok((1, false)), Err(Code::InvalidArgument)]);
+    let acks = export(&mut client, vec![batch("", 1, 5, 1)]).await;
+    assert_eq!(acks, vec![Err(Code::InvalidArgument)]);
+
+    // And the service still works.
+    let acks = export(&mut client, vec![batch("a", 1, 2, 2)]).await;
+    assert_eq!(acks, vec![Ok((2, false))]);
+    assert_eq!(lines(&out).len(), 3);
+    c.stop().await;
+}
