@@ -38,7 +38,9 @@ use crate::{
 };
 
 /// Batches that may wait for the writer before the drain starts dropping.
-const OUTPUT_QUEUE: usize = 16;
+/// Each can hold up to 2 x --max-flows records, so this bounds memory: a
+/// writer more than a few intervals behind is not catching up anyway.
+const OUTPUT_QUEUE: usize = 4;
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {

@@ -130,6 +130,22 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The agent's resident set size in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The agent's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr")).unwrap_or_default()
@@ -167,7 +183,10 @@ impl Agent {
             log: self.log(),
             ..Default::default()
         };
-        for line in text.lines() {
+        // The agent may be writing right now: a last line without its
+        // newline is not complete yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in complete.lines() {
             let v: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
             match v["event_type"].as_str() {

@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod drain;
 pub mod e2e;
+pub mod flood;
 pub mod kernel;
 pub mod report;
 pub mod trafgen;
@@ -30,6 +31,10 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("drain") {
         eprintln!("bench: drain");
         figures.extend(drain::run(quick));
+    }
+    if want("flood") {
+        eprintln!("bench: memory under a flow flood");
+        figures.extend(flood::run(&scratch.0, quick));
     }
     if want("e2e") {
         eprintln!("bench: end to end against pmacctd");
