@@ -6,12 +6,16 @@
 //!  tick ──────▶ Drainer (flip slot, barrier, batch read) ◀────┘
 //!                   │ bounded channel (drops counted)
 //!                   ▼
+//!               fan_out ──▶ gRPC exporters (queues) ──▶ collectors
+//!                   │   └──▶ FlowStream hub ──▶ subscribers (--grpc-listen)
+//!                   ▼ bounded channel (drops counted)
 //!               JsonlWriter thread ──▶ stdout / file
 //! ```
 //!
 //! Shutdown (SIGINT/SIGTERM): detach everything first, so no packet is
 //! counted after the last drain; then the final drain of the partial
-//! interval; then the writer flushes and exits.
+//! interval; then the writer flushes and exits, and the exporters send what
+//! they still hold (bounded by their flush timeout).
 
 use std::os::fd::AsRawFd as _;
 
@@ -29,7 +33,7 @@ use crate::{
     capture::{self, Capture, IfNames},
     config::Config,
     drain::{self, Drainer},
-    export::jsonl::JsonlWriter,
+    export::{self, grpc::agent::AgentGrpc, jsonl::JsonlWriter},
 };
 
 /// Batches that may wait for the writer before the drain starts dropping.
@@ -48,15 +52,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_pump = tokio::spawn(pump_logs(logger));
     let maps = drain::Maps::take(&mut ebpf)?;
     let names = IfNames::default();
+    let grpc_stop = CancellationToken::new();
+    let grpc = AgentGrpc::start(&config.grpc, grpc_stop.clone())
+        .await
+        .context("starting gRPC (--collector, --grpc-listen)")?;
     let writer = JsonlWriter::open(&config.output)?;
     let capture = Capture::start(&config, ebpf, names.clone()).await?;
 
     let (batches, batches_rx) = mpsc::channel(OUTPUT_QUEUE);
+    let (to_writer, writer_rx) = mpsc::channel(OUTPUT_QUEUE);
     let drainer = Drainer::new(maps, names, config.sampling, config.interval, batches)?;
     let writer_thread = std::thread::Builder::new()
         .name("jsonl-writer".into())
-        .spawn(move || writer.run(batches_rx))
+        .spawn(move || writer.run(writer_rx))
         .context("starting the output thread")?;
+    let fan_out = tokio::spawn(async move {
+        export::fan_out(batches_rx, &grpc, to_writer).await;
+        grpc
+    });
 
     let capture_stop = CancellationToken::new();
     let drain_stop = CancellationToken::new();
@@ -77,6 +90,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     capture_task.await.context("capture task")?;
     drain_stop.cancel();
     drain_task.await.context("drain task")?;
+    // The drainer is gone, so the fan-out ends after the final batch.
+    let grpc = fan_out.await.context("fan-out task")?;
+    grpc_stop.cancel();
+    grpc.finish().await;
     let written = tokio::task::spawn_blocking(move || writer_thread.join())
         .await
         .context("joining the output thread")?;

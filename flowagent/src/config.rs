@@ -8,6 +8,9 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub use crate::export::grpc::agent::GrpcConfig;
+use crate::export::grpc::security::Security;
+
 /// Largest accepted `--max-flows`: 16M entries per map. Per-CPU values make a
 /// map cost about `max_flows * (80 + 56 * CPUs)` bytes, so this already asks
 /// the kernel for gigabytes on a large machine.
@@ -110,6 +113,8 @@ pub struct Config {
     pub max_flows: u32,
     /// Record destination.
     pub output: Output,
+    /// Collectors, the FlowStream server, TLS and token.
+    pub grpc: GrpcConfig,
 }
 
 /// Unchecked configuration as it comes from the file and the flags.
@@ -130,6 +135,24 @@ pub struct RawConfig {
     pub max_flows: Option<u32>,
     /// `--output`: a path, or `-` for stdout.
     pub output: Option<String>,
+    /// `--collector`: collector URLs (every record goes to each).
+    pub collector: Vec<String>,
+    /// `--export-buffer`: queued items per collector.
+    pub export_buffer: Option<usize>,
+    /// `--agent-id`: this agent's name in exported records.
+    pub agent_id: Option<String>,
+    /// `--grpc-listen`: FlowStream server address, or `off`.
+    pub grpc_listen: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--insecure`: plaintext allowed off loopback.
+    pub insecure: Option<bool>,
 }
 
 impl RawConfig {
@@ -159,6 +182,19 @@ impl RawConfig {
             sampling: flags.sampling.or(self.sampling),
             max_flows: flags.max_flows.or(self.max_flows),
             output: flags.output.or(self.output),
+            collector: if flags.collector.is_empty() {
+                self.collector
+            } else {
+                flags.collector
+            },
+            export_buffer: flags.export_buffer.or(self.export_buffer),
+            agent_id: flags.agent_id.or(self.agent_id),
+            grpc_listen: flags.grpc_listen.or(self.grpc_listen),
+            tls_cert: flags.tls_cert.or(self.tls_cert),
+            tls_key: flags.tls_key.or(self.tls_key),
+            tls_ca: flags.tls_ca.or(self.tls_ca),
+            token_file: flags.token_file.or(self.token_file),
+            insecure: flags.insecure.or(self.insecure),
         }
     }
 
@@ -243,6 +279,7 @@ impl RawConfig {
             Some("") => return Err(invalid("--output", "", "a file path or - for stdout")),
             Some(path) => Output::File(PathBuf::from(path)),
         };
+        let grpc = self.grpc()?;
         Ok(Config {
             interfaces,
             mode,
@@ -251,9 +288,90 @@ impl RawConfig {
             sampling,
             max_flows,
             output,
+            grpc,
+        })
+    }
+
+    /// The gRPC part of [`RawConfig::validate`].
+    fn grpc(&self) -> Result<GrpcConfig, Error> {
+        // Default: 1.5M items, 5 minutes at 5,000 records/s (a busy router
+        // at 10 s intervals: 50,000 flows per interval); about 400 MB when full.
+        let export_buffer = self.export_buffer.unwrap_or(DEFAULT_EXPORT_BUFFER);
+        if !(1..=EXPORT_BUFFER_LIMIT).contains(&export_buffer) {
+            return Err(invalid(
+                "--export-buffer",
+                &export_buffer.to_string(),
+                &format!("queued records per collector, 1 to {EXPORT_BUFFER_LIMIT}"),
+            ));
+        }
+        // Default: the host name, which tells routers apart in a collector.
+        let agent_id = match &self.agent_id {
+            Some(id) if id.is_empty() || id.len() > 255 => {
+                return Err(invalid("--agent-id", id, "1 to 255 characters"));
+            }
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "flowagent".into()),
+        };
+        // Default: loopback only, so local analytics can subscribe without
+        // exposing anything.
+        let listen = match self.grpc_listen.as_deref().unwrap_or(DEFAULT_GRPC_LISTEN) {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid("--grpc-listen", addr, "expected IP:PORT (e.g. [::1]:50051) or off")
+            })?),
+        };
+        let security = Security {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure.unwrap_or(false),
+        };
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "--tls-cert",
+                &format!("{:?}", self.tls_cert),
+                "--tls-cert and --tls-key go together",
+            ));
+        }
+        if let Some(addr) = listen {
+            security
+                .check_listen(addr)
+                .map_err(|e| invalid("--grpc-listen", &addr.to_string(), &reason(e)))?;
+        }
+        for url in &self.collector {
+            security
+                .check_connect(url)
+                .map_err(|e| invalid("--collector", url, &reason(e)))?;
+        }
+        Ok(GrpcConfig {
+            collectors: self.collector.clone(),
+            export_buffer,
+            agent_id,
+            listen,
+            security,
         })
     }
 }
+
+/// The reason of a security check failure, without its flag (the caller names it).
+fn reason(e: crate::export::grpc::security::Error) -> String {
+    match e {
+        crate::export::grpc::security::Error::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// Default `--export-buffer`.
+pub const DEFAULT_EXPORT_BUFFER: usize = 1_500_000;
+/// Largest accepted `--export-buffer` (about 16 GB of queued records).
+pub const EXPORT_BUFFER_LIMIT: usize = 64 << 20;
+/// Default `--grpc-listen`.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 
 fn invalid(key: &'static str, value: &str, reason: &str) -> Error {
     Error::Invalid {
@@ -321,6 +439,42 @@ mod tests {
             let err = cfg.clone().validate().unwrap_err();
             assert!(err.to_string().starts_with(&format!("invalid {key} ")), "{cfg:?}: {err}");
         }
+    }
+
+    #[test]
+    fn grpc_defaults_and_checks() {
+        let g = raw().validate().unwrap().grpc;
+        assert_eq!(g.listen, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(g.export_buffer, 1_500_000);
+        assert!(g.collectors.is_empty());
+        assert!(!g.agent_id.is_empty());
+        let file: RawConfig = toml::from_str(
+            "collector = [\"http://127.0.0.1:9\", \"https://c.example:443\"]\n\
+             export_buffer = 10\nagent_id = \"edge-1\"\ngrpc_listen = \"off\"\n",
+        )
+        .unwrap();
+        let g = file.validate().unwrap().grpc;
+        assert_eq!(g.collectors.len(), 2);
+        assert_eq!((g.export_buffer, g.agent_id.as_str(), g.listen), (10, "edge-1", None));
+        let cases: [(RawConfig, &str); 6] = [
+            (RawConfig { export_buffer: Some(0), ..raw() }, "--export-buffer"),
+            (RawConfig { collector: vec!["c:1".into()], ..raw() }, "--collector"),
+            (RawConfig { collector: vec!["http://192.0.2.1:1".into()], ..raw() }, "--collector"),
+            (RawConfig { grpc_listen: Some("0.0.0.0:1".into()), ..raw() }, "--grpc-listen"),
+            (RawConfig { grpc_listen: Some("nowhere".into()), ..raw() }, "--grpc-listen"),
+            (RawConfig { agent_id: Some(String::new()), ..raw() }, "--agent-id"),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.clone().validate().unwrap_err();
+            assert!(err.to_string().starts_with(&format!("invalid {key} ")), "{cfg:?}: {err}");
+        }
+        let insecure = RawConfig {
+            grpc_listen: Some("0.0.0.0:1".into()),
+            collector: vec!["http://192.0.2.1:1".into()],
+            insecure: Some(true),
+            ..raw()
+        };
+        assert!(insecure.validate().is_ok());
     }
 
     #[test]
