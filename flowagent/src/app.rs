@@ -8,6 +8,9 @@
 //!                   ▼
 //!               Enricher thread (only with BGP / --networks-file) ◀── RibHandle ◀── bgp::Speaker
 //!                   │ bounded channel
+//!               fan_out ──▶ gRPC exporters (queues) ──▶ collectors
+//!                   │   └──▶ FlowStream hub ──▶ subscribers (--grpc-listen)
+//!                   ▼ bounded channel (drops counted)
 //!               JsonlWriter thread ──▶ stdout / file
 //! ```
 //!
@@ -33,7 +36,7 @@ use crate::{
     config::{Config, Routing},
     drain::{self, Drainer},
     enrich::{BgpAttrs, Enricher},
-    export::jsonl::JsonlWriter,
+    export::{self, grpc::agent::AgentGrpc, jsonl::JsonlWriter},
     rib::{self, RibHandle},
 };
 
@@ -59,6 +62,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_pump = tokio::spawn(pump_logs(logger));
     let maps = drain::Maps::take(&mut ebpf)?;
     let names = IfNames::default();
+    let grpc_stop = CancellationToken::new();
+    let grpc = AgentGrpc::start(&config.grpc, grpc_stop.clone())
+        .await
+        .context("starting gRPC (--collector, --grpc-listen)")?;
     let mut writer = JsonlWriter::open(&config.output)?;
     if let Some(r) = &routing {
         writer = writer.with_routing(r.attrs);
@@ -80,10 +87,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => (batches_rx, None),
     };
+    let (to_writer, writer_rx) = mpsc::channel(OUTPUT_QUEUE);
     let writer_thread = std::thread::Builder::new()
         .name("jsonl-writer".into())
-        .spawn(move || writer.run(batches_rx))
+        .spawn(move || writer.run(writer_rx))
         .context("starting the output thread")?;
+    let fan_out = tokio::spawn(async move {
+        export::fan_out(batches_rx, &grpc, to_writer).await;
+        grpc
+    });
 
     let capture_stop = CancellationToken::new();
     let drain_stop = CancellationToken::new();
@@ -104,6 +116,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     capture_task.await.context("capture task")?;
     drain_stop.cancel();
     drain_task.await.context("drain task")?;
+    // The drainer is gone, so the enricher and then the fan-out end after
+    // the final batch.
+    let grpc = fan_out.await.context("fan-out task")?;
+    grpc_stop.cancel();
+    grpc.finish().await;
     let written = tokio::task::spawn_blocking(move || writer_thread.join())
         .await
         .context("joining the output thread")?;

@@ -13,6 +13,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::export::grpc::agent::GrpcConfig;
+use crate::export::grpc::security::Security;
 use crate::{
     bgp::{NeighborConfig, SpeakerConfig},
     enrich::BgpAttrs,
@@ -127,6 +129,8 @@ pub struct Config {
     pub output: Output,
     /// BGP and/or networks-file enrichment; `None` when neither is configured.
     pub routing: Option<Routing>,
+    /// Collectors, the FlowStream server, TLS and token.
+    pub grpc: GrpcConfig,
 }
 
 /// Checked routing settings.
@@ -210,6 +214,24 @@ pub struct RawConfig {
     pub networks_file: Option<String>,
     /// `--bgp-socket`.
     pub bgp_socket: Option<String>,
+    /// `--collector`: collector URLs (every record goes to each).
+    pub collector: Vec<String>,
+    /// `--export-buffer`: queued items per collector.
+    pub export_buffer: Option<usize>,
+    /// `--agent-id`: this agent's name in exported records.
+    pub agent_id: Option<String>,
+    /// `--grpc-listen`: FlowStream server address, or `off`.
+    pub grpc_listen: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--insecure`: plaintext allowed off loopback.
+    pub insecure: Option<bool>,
 }
 
 impl RawConfig {
@@ -261,6 +283,19 @@ impl RawConfig {
             },
             networks_file: flags.networks_file.or(self.networks_file),
             bgp_socket: flags.bgp_socket.or(self.bgp_socket),
+            collector: if flags.collector.is_empty() {
+                self.collector
+            } else {
+                flags.collector
+            },
+            export_buffer: flags.export_buffer.or(self.export_buffer),
+            agent_id: flags.agent_id.or(self.agent_id),
+            grpc_listen: flags.grpc_listen.or(self.grpc_listen),
+            tls_cert: flags.tls_cert.or(self.tls_cert),
+            tls_key: flags.tls_key.or(self.tls_key),
+            tls_ca: flags.tls_ca.or(self.tls_ca),
+            token_file: flags.token_file.or(self.token_file),
+            insecure: flags.insecure.or(self.insecure),
         }
     }
 
@@ -352,6 +387,7 @@ impl RawConfig {
             Some("") => return Err(invalid("--output", "", "a file path or - for stdout")),
             Some(path) => Output::File(PathBuf::from(path)),
         };
+        let grpc = self.grpc()?;
         Ok(Config {
             interfaces,
             mode,
@@ -361,6 +397,76 @@ impl RawConfig {
             max_flows,
             output,
             routing,
+            grpc,
+        })
+    }
+
+    /// The gRPC part of [`RawConfig::validate`].
+    fn grpc(&self) -> Result<GrpcConfig, Error> {
+        // Default: 1.5M items, 5 minutes at 5,000 records/s (a busy router
+        // at 10 s intervals: 50,000 flows per interval); about 400 MB when full.
+        let export_buffer = self.export_buffer.unwrap_or(DEFAULT_EXPORT_BUFFER);
+        if !(1..=EXPORT_BUFFER_LIMIT).contains(&export_buffer) {
+            return Err(invalid(
+                "--export-buffer",
+                &export_buffer.to_string(),
+                &format!("queued records per collector, 1 to {EXPORT_BUFFER_LIMIT}"),
+            ));
+        }
+        // Default: the host name, which tells routers apart in a collector.
+        let agent_id = match &self.agent_id {
+            Some(id) if id.is_empty() || id.len() > 255 => {
+                return Err(invalid("--agent-id", id, "1 to 255 characters"));
+            }
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "flowagent".into()),
+        };
+        // Default: loopback only, so local analytics can subscribe without
+        // exposing anything.
+        let listen = match self.grpc_listen.as_deref().unwrap_or(DEFAULT_GRPC_LISTEN) {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "--grpc-listen",
+                    addr,
+                    "expected IP:PORT (e.g. [::1]:50051) or off",
+                )
+            })?),
+        };
+        let security = Security {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure.unwrap_or(false),
+        };
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "--tls-cert",
+                &format!("{:?}", self.tls_cert),
+                "--tls-cert and --tls-key go together",
+            ));
+        }
+        if let Some(addr) = listen {
+            security
+                .check_listen(addr)
+                .map_err(|e| invalid("--grpc-listen", &addr.to_string(), &reason(e)))?;
+        }
+        for url in &self.collector {
+            security
+                .check_connect(url)
+                .map_err(|e| invalid("--collector", url, &reason(e)))?;
+        }
+        Ok(GrpcConfig {
+            collectors: self.collector.clone(),
+            export_buffer,
+            agent_id,
+            listen,
+            security,
         })
     }
 
@@ -543,6 +649,21 @@ fn nonzero_asn(key: &'static str, asn: u32) -> Result<u32, Error> {
     }
     Ok(asn)
 }
+
+/// The reason of a security check failure, without its flag (the caller names it).
+fn reason(e: crate::export::grpc::security::Error) -> String {
+    match e {
+        crate::export::grpc::security::Error::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// Default `--export-buffer`.
+pub const DEFAULT_EXPORT_BUFFER: usize = 1_500_000;
+/// Largest accepted `--export-buffer` (about 16 GB of queued records).
+pub const EXPORT_BUFFER_LIMIT: usize = 64 << 20;
+/// Default `--grpc-listen`.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 
 fn invalid(key: &'static str, value: &str, reason: &str) -> Error {
     Error::Invalid {
@@ -821,6 +942,84 @@ bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true
                 "{cfg:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn grpc_defaults_and_checks() {
+        let g = raw().validate().unwrap().grpc;
+        assert_eq!(g.listen, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(g.export_buffer, 1_500_000);
+        assert!(g.collectors.is_empty());
+        assert!(!g.agent_id.is_empty());
+        let file: RawConfig = toml::from_str(
+            "collector = [\"http://127.0.0.1:9\", \"https://c.example:443\"]\n\
+             export_buffer = 10\nagent_id = \"edge-1\"\ngrpc_listen = \"off\"\n",
+        )
+        .unwrap();
+        let g = file.validate().unwrap().grpc;
+        assert_eq!(g.collectors.len(), 2);
+        assert_eq!(
+            (g.export_buffer, g.agent_id.as_str(), g.listen),
+            (10, "edge-1", None)
+        );
+        let cases: [(RawConfig, &str); 6] = [
+            (
+                RawConfig {
+                    export_buffer: Some(0),
+                    ..raw()
+                },
+                "--export-buffer",
+            ),
+            (
+                RawConfig {
+                    collector: vec!["c:1".into()],
+                    ..raw()
+                },
+                "--collector",
+            ),
+            (
+                RawConfig {
+                    collector: vec!["http://192.0.2.1:1".into()],
+                    ..raw()
+                },
+                "--collector",
+            ),
+            (
+                RawConfig {
+                    grpc_listen: Some("0.0.0.0:1".into()),
+                    ..raw()
+                },
+                "--grpc-listen",
+            ),
+            (
+                RawConfig {
+                    grpc_listen: Some("nowhere".into()),
+                    ..raw()
+                },
+                "--grpc-listen",
+            ),
+            (
+                RawConfig {
+                    agent_id: Some(String::new()),
+                    ..raw()
+                },
+                "--agent-id",
+            ),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.clone().validate().unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("invalid {key} ")),
+                "{cfg:?}: {err}"
+            );
+        }
+        let insecure = RawConfig {
+            grpc_listen: Some("0.0.0.0:1".into()),
+            collector: vec!["http://192.0.2.1:1".into()],
+            insecure: Some(true),
+            ..raw()
+        };
+        assert!(insecure.validate().is_ok());
     }
 
     #[test]

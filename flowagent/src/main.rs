@@ -71,6 +71,37 @@ struct Cli {
     bgp_socket: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
+    /// Collector to stream records to over gRPC (repeatable: every record
+    /// goes to each), http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    collector: Vec<String>,
+    /// Records (and interval counters) queued per collector while it is
+    /// slow or unreachable; the oldest are dropped beyond. Default: 1500000.
+    #[arg(long, value_name = "N")]
+    export_buffer: Option<usize>,
+    /// This agent's id in exported records. Default: the host name.
+    #[arg(long, value_name = "ID")]
+    agent_id: Option<String>,
+    /// Serve FlowStream subscriptions, health and reflection here, or off.
+    /// Default: 127.0.0.1:50051.
+    #[arg(long, value_name = "ADDR|off")]
+    grpc_listen: Option<String>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key); also the
+    /// client certificate toward collectors.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA: trusted for collectors; required of subscribers' client certificates.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// File whose first line is the bearer token (sent to collectors, required of subscribers).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Allow plaintext gRPC off loopback.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Roles other than the agent.
@@ -121,6 +152,15 @@ impl Cli {
             bgp_peer_src_as: self.bgp_peer_src_as.clone(),
             networks_file: self.networks_file.clone(),
             bgp_socket: self.bgp_socket.clone(),
+            collector: self.collector.clone(),
+            export_buffer: self.export_buffer,
+            agent_id: self.agent_id.clone(),
+            grpc_listen: self.grpc_listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure.then_some(true),
         }
     }
 }

@@ -45,6 +45,9 @@ enum Pending {
 /// The Export handler.
 struct ExportService {
     commits: mpsc::Sender<Commit>,
+    /// Ends every stream when the collector stops, so graceful shutdown
+    /// does not wait for agents that never hang up.
+    cancel: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -60,9 +63,15 @@ impl proto::collector_server::Collector for ExportService {
         let (acks, acks_rx) = mpsc::channel(STREAM_WINDOW);
         let (pending, mut pending_rx) = mpsc::channel(STREAM_WINDOW);
         let commits = self.commits.clone();
+        let cancel = self.cancel.clone();
+        let stopping = self.cancel.clone();
         tokio::spawn(async move {
             loop {
-                let batch = match inbound.message().await {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = cancel.cancelled() => break,
+                };
+                let batch = match message {
                     Ok(Some(batch)) => batch,
                     Ok(None) => break,
                     Err(status) => {
@@ -115,8 +124,14 @@ impl proto::collector_server::Collector for ExportService {
                 };
                 let failed = ack.is_err();
                 if acks.send(ack).await.is_err() || failed {
-                    break;
+                    return;
                 }
+            }
+            if stopping.is_cancelled() {
+                // Every batch read was answered; tell the agent to go elsewhere or retry.
+                let _ = acks
+                    .send(Err(Status::unavailable("collector shutting down")))
+                    .await;
             }
         });
         Ok(Response::new(ReceiverStream::new(acks_rx)))
@@ -139,9 +154,12 @@ pub(super) async fn serve(
     hub: Arc<Hub>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let (router, health, token) = server::router(&security, hub).await?;
-    let export =
-        CollectorServer::new(ExportService { commits }).max_decoding_message_size(MAX_MESSAGE);
+    let (router, health, token) = server::router(&security, hub, cancel.clone()).await?;
+    let export = CollectorServer::new(ExportService {
+        commits,
+        cancel: cancel.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
     health.set_serving::<CollectorServer<ExportService>>().await;
     let export = tonic::service::interceptor::InterceptedService::new(export, token);
     let router = router.add_service(export);

@@ -204,3 +204,150 @@ async fn bad_requests_get_status_codes_and_service_continues() {
     assert_eq!(lines(&out).len(), 3);
     c.stop().await;
 }
+
+mod with_exporter {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        drain::{Batch, Counters},
+        export::grpc::client::{self, ExportStats, ExporterConfig, ExporterHandle},
+    };
+
+    fn drained(first: u64, n: u64) -> Batch {
+        Batch {
+            start: convert::time_from_ns(first),
+            end: convert::time_from_ns(first + 1),
+            records: (first..first + n).map(full_record).collect(),
+            counters: Counters([1, 2, 3, 4, 5, 6]),
+            dropped_records: 0,
+            sampling_rate: 1,
+        }
+    }
+
+    fn exporter(
+        addr: SocketAddr,
+        capacity: usize,
+    ) -> (ExporterHandle, CancellationToken, JoinHandle<()>) {
+        let mut config = ExporterConfig::new(
+            format!("http://{addr}"),
+            "edge-1".into(),
+            capacity,
+            Security::default(),
+        );
+        config.max_batch_records = 7;
+        config.backoff_min = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(200);
+        let cancel = CancellationToken::new();
+        let (handle, task) = client::spawn(config, cancel.clone()).unwrap();
+        (handle, cancel, task)
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn count(lines: &[serde_json::Value], event: &str) -> usize {
+        lines.iter().filter(|l| l["event_type"] == event).count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_record_once_across_collector_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = start(dir.path(), Security::default()).await;
+        let addr = c.addr;
+        let (exp, cancel, task) = exporter(addr, 100_000);
+        let mut c = Some(c);
+        for i in 0..30 {
+            exp.offer(&drained(i * 100, 20));
+            if i % 10 == 9 {
+                // Restart on the same port while batches are in flight.
+                c.take().unwrap().stop().await;
+                exp.offer(&drained(10_000 + i, 3));
+                let collector = Collector::bind(CollectConfig {
+                    listen: addr,
+                    out_dir: dir.path().to_owned(),
+                    security: Security::default(),
+                })
+                .await
+                .unwrap();
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn(collector.run(cancel.clone()));
+                c = Some(Running { addr, cancel, task });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        until("all acknowledged", || exp.stats().queued_items == 0).await;
+        let all = lines(dir.path());
+        assert_eq!(count(&all, "purge"), 30 * 20 + 3 * 3);
+        assert_eq!(count(&all, "counters"), 33);
+        let st = exp.stats();
+        assert_eq!((st.dropped_records, st.acked_records), (0, 609));
+        cancel.cancel();
+        task.await.unwrap();
+        c.unwrap().stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_collector_drops_oldest_and_reports_exact_count() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port with nobody listening (yet).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (exp, cancel, task) = exporter(addr, 50);
+        for i in 0..10 {
+            exp.offer(&drained(i * 10, 10));
+        }
+        // 110 items offered; the 60 oldest (5 intervals of 10 records and
+        // their counters, and 5 records) are gone; memory stays at 50 items.
+        assert_eq!(
+            exp.stats(),
+            ExportStats {
+                queued_items: 50,
+                dropped_records: 55,
+                dropped_counters: 5,
+                ..exp.stats()
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(exp.stats().session_errors >= 1);
+        let collector = Collector::bind(CollectConfig {
+            listen: addr,
+            out_dir: dir.path().to_owned(),
+            security: Security::default(),
+        })
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(collector.run(stop.clone()));
+        until("the report acknowledged", || {
+            let st = exp.stats();
+            st.queued_items == 0 && st.reported_dropped_records == 55
+        })
+        .await;
+        let all = lines(dir.path());
+        assert_eq!(count(&all, "purge"), 45);
+        assert_eq!(count(&all, "counters"), 5);
+        let dropped: Vec<_> = all
+            .iter()
+            .filter(|l| l["event_type"] == "dropped")
+            .collect();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0]["dropped_records"], 55);
+        assert_eq!(dropped[0]["dropped_counters"], 5);
+        assert_eq!(dropped[0]["agent_id"], "edge-1");
+        cancel.cancel();
+        task.await.unwrap();
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

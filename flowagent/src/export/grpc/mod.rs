@@ -3,6 +3,8 @@
 //! its message, the agent's exporter client, and the FlowStream subscription
 //! server shared by the agent and the collector.
 
+pub mod agent;
+pub mod client;
 pub mod convert;
 pub mod security;
 pub mod server;

@@ -106,9 +106,9 @@ impl Security {
         Ok(Some(tls))
     }
 
-    /// The client TLS configuration for `url`, when it is `https://`.
-    /// Refuses `http://` to a non-loopback host without `--insecure`.
-    pub fn client_tls(&self, url: &str) -> Result<Option<ClientTlsConfig>, Error> {
+    /// Checks a collector URL: `http://` or `https://`, and plaintext only
+    /// to a loopback host unless `--insecure`. Returns the host.
+    pub fn check_connect<'a>(&self, url: &'a str) -> Result<(&'a str, bool), Error> {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| Error::Invalid {
             flag: "--collector",
             reason: format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT"),
@@ -126,9 +126,22 @@ impl Security {
                         ),
                     });
                 }
-                Ok(None)
+                Ok((host, false))
             }
-            "https" => {
+            "https" => Ok((host, true)),
+            other => Err(Error::Invalid {
+                flag: "--collector",
+                reason: format!("{url}: unknown scheme {other:?}, expected http or https"),
+            }),
+        }
+    }
+
+    /// The client TLS configuration for `url`, when it is `https://`.
+    /// Refuses `http://` to a non-loopback host without `--insecure`.
+    pub fn client_tls(&self, url: &str) -> Result<Option<ClientTlsConfig>, Error> {
+        match self.check_connect(url)? {
+            (_, false) => Ok(None),
+            (host, true) => {
                 let mut tls = ClientTlsConfig::new().domain_name(host.to_owned());
                 if let Some(ca) = &self.tls_ca {
                     tls = tls.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?));
@@ -141,10 +154,6 @@ impl Security {
                 }
                 Ok(Some(tls))
             }
-            other => Err(Error::Invalid {
-                flag: "--collector",
-                reason: format!("{url}: unknown scheme {other:?}, expected http or https"),
-            }),
         }
     }
 

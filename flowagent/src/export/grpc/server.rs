@@ -13,6 +13,7 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use log::{info, warn};
@@ -182,6 +183,14 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Ends every subscription (their streams finish).
+    pub fn close(&self) {
+        let n = std::mem::take(&mut self.lock().1).len();
+        if n > 0 {
+            info!("closed {n} subscriptions");
+        }
+    }
+
     /// Current number of subscribers.
     pub fn subscribers(&self) -> usize {
         self.lock().1.len()
@@ -248,9 +257,11 @@ impl Hub {
 /// `FlowStream` and the empty service name SERVING) and server reflection
 /// (v1) for the `flowagent.v1` API, over TLS when configured. Returns the
 /// router, to add more services, and the token check for them.
+/// Subscription streams end when `cancel` fires.
 pub async fn router(
     security: &Security,
     hub: Arc<Hub>,
+    cancel: CancellationToken,
 ) -> Result<(Router, HealthReporter, TokenCheck), security::Error> {
     let token = TokenCheck::new(security.token()?);
     let mut builder = Server::builder();
@@ -277,6 +288,11 @@ pub async fn router(
             flag: "--grpc-listen",
             reason: format!("reflection service: {e}"),
         })?;
+    let closing = hub.clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        closing.close();
+    });
     let flows = proto::flow_stream_server::FlowStreamServer::with_interceptor(
         FlowStreamService::new(hub),
         token.clone(),
@@ -288,16 +304,28 @@ pub async fn router(
     Ok((router, health, token))
 }
 
-/// Serves `router` on `listener` until `cancel`.
+/// How long a stopping server waits for open calls to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` until `cancel`, then for at most
+/// [`SHUTDOWN_GRACE`] while open calls finish.
 pub async fn serve(
     router: Router,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-        .await
+    let serving = router.serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
+    tokio::select! {
+        served = serving => served,
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!("calls still open {SHUTDOWN_GRACE:?} after shutdown began; closing");
+            Ok(())
+        }
+    }
 }
 
 /// The `FlowStream` service over a [`Hub`].
