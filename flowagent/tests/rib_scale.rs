@@ -4,11 +4,13 @@
 //!
 //! `cargo test --release -p flowagent --test rib_scale -- --ignored --nocapture`
 //!
-//! Measured on the 2-core shared dev machine (2026-11-24): 955k IPv4 + 231k
-//! IPv6 best routes, 125k attribute sets, loaded in 11.0 s; heap 172 MiB
-//! (152 B per route, Adj-RIB-In and Loc-RIB together); longest reader wait
-//! for the lock during the load 11.7 ms; 8.8 M lookups/s on one core;
-//! dropping the whole table 0.98 s (in 1024-prefix lock sections).
+//! Measured on the 2-core dev machine shared with two other builders
+//! (2026-11-24, three runs): 955k IPv4 + 231k IPv6 best routes, 125k
+//! attribute sets, loaded in 11 to 26 s (with a reader thread spinning on
+//! the lock the whole time); heap 172 MiB (152 B per route, Adj-RIB-In and
+//! Loc-RIB together); longest reader wait for the lock during the load 12 to
+//! 13 ms; 7.6 to 11.3 M lookups/s on one core; dropping the whole table 0.85
+//! to 1.1 s (in 1024-prefix lock sections).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

@@ -63,6 +63,14 @@ impl<V> Lpm<V> {
         }
     }
 
+    /// The value of exactly `prefix`, mutable.
+    pub fn get_mut(&mut self, prefix: &IpNet) -> Option<&mut V> {
+        match prefix.trunc() {
+            IpNet::V4(p) => self.v4.get_mut(&p),
+            IpNet::V6(p) => self.v6.get_mut(&p),
+        }
+    }
+
     /// The most specific prefix covering `addr`, and its value.
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<(IpNet, &V)> {
