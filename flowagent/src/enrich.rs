@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::{
     drain::Batch,
     flow::{Enrichment, FlowRecord},
-    rib::{RibHandle, RibView},
+    rib::{PathAttrs, RibHandle, RibView},
 };
 
 /// Records looked up per read-lock section.
@@ -84,31 +84,34 @@ impl Enricher {
         }
     }
 
-    fn lookup(&self, view: &RibView<'_>, addr: IpAddr) -> Lookup {
+    fn lookup<'v>(&self, view: &'v RibView<'_>, addr: IpAddr) -> (Lookup, Option<&'v PathAttrs>) {
         if let Some((prefix, a)) = view.bgp(addr) {
-            return Lookup {
+            let l = Lookup {
                 origin: a.origin_as().unwrap_or(self.local_as),
                 peer: a.first_as().unwrap_or(0),
                 net: Some((prefix.network(), prefix.prefix_len())),
             };
+            return (l, Some(a));
         }
         if let Some((prefix, e)) = view.network(addr) {
-            return Lookup {
+            let l = Lookup {
                 origin: e.asn,
                 peer: e.peer_asn,
                 net: Some((prefix.network(), prefix.prefix_len())),
             };
+            return (l, None);
         }
-        Lookup {
+        let none = Lookup {
             origin: 0,
             peer: 0,
             net: None,
-        }
+        };
+        (none, None)
     }
 
     fn one(&self, view: &RibView<'_>, r: &FlowRecord) -> Enrichment {
-        let src = self.lookup(view, r.src);
-        let dst = self.lookup(view, r.dst);
+        let (src, _) = self.lookup(view, r.src);
+        let (dst, dst_route) = self.lookup(view, r.dst);
         let mut e = Enrichment {
             as_src: src.origin,
             as_dst: dst.origin,
@@ -122,7 +125,7 @@ impl Enricher {
             net_dst: dst.net,
             ..Enrichment::default()
         };
-        if let Some((_, a)) = view.bgp(r.dst) {
+        if let Some(a) = dst_route {
             e.bgp_nexthop = a.next_hop;
             if self.attrs.as_path {
                 e.as_path = a.flat_path().collect();
@@ -156,7 +159,7 @@ mod tests {
     use super::*;
     use crate::{
         flow::FlowDirection,
-        rib::{AsSegment, PathAttrs, Rib, RibUpdate, networks},
+        rib::{AsSegment, Rib, RibUpdate, networks},
     };
 
     fn record(src: &str, dst: &str, iface: Option<&str>) -> FlowRecord {

@@ -13,6 +13,26 @@
 //! state machine, pure: no sockets, no tokio, time passed in), and
 //! [`speaker`] (tokio I/O, listener, RIB owner task).
 //!
+//! Peering with the router's own daemon over loopback, as the integration
+//! tests do (`flowagent --bgp-listen 127.0.0.1:17917 --local-as 65000
+//! --bgp-router-id 192.0.2.250 --bgp-neighbor 127.0.0.1=65000`), BIRD 2:
+//!
+//! ```text
+//! protocol bgp flowagent {
+//!   local 127.0.0.1 as 65000;
+//!   neighbor 127.0.0.1 port 17917 as 65000;
+//!   rr client;                      # iBGP: send every best route unchanged
+//!   ipv4 { import none; export all; add paths tx; };
+//!   ipv6 { import none; export all; add paths tx; };
+//! }
+//! ```
+//!
+//! For eBGP over loopback BIRD needs `multihop`, and it will not export an
+//! IPv4 route whose next hop equals the neighbour's address (both are
+//! 127.0.0.1), so set `next hop address` or prefer iBGP as above. FRR
+//! (`neighbor 127.0.0.1 port 17917`, `ebgp-multihop`) and GoBGP
+//! (`transport.config.remote-port`) are tested the same way.
+//!
 //! Codec choice: netgauze-bgp-pkt 0.13 parses and encodes correctly, builds
 //! on Rust 1.95, and reports malformed attributes as typed errors, which are
 //! mapped to RFC 7606 reactions in [`update`]. zettabgp was rejected (it

@@ -1,10 +1,10 @@
 //! The speaker: TCP listener and optional active connects (tokio), one task
-//! per session driving a [`fsm::Session`], and the RIB owner.
+//! per session driving a [`super::fsm::Session`], and the RIB owner.
 //!
 //! The RIB owner runs on its own thread (`bgp-rib`) and is the only code
 //! that mutates the [`Rib`]: dropping a full table when a session goes down
 //! is a second of CPU that must not stall the async runtime. Sessions send it
-//! [`RibMsg`]s over a bounded channel; when the channel is full a session
+//! messages (`RibMsg`) over a bounded channel; when the channel is full a session
 //! stops reading its socket, so a fast peer is slowed by TCP instead of
 //! growing a queue. A neighbour over its prefix limit is told so with a
 //! NOTIFICATION (Cease, subcode 1) and its routes are dropped.

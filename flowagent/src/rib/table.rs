@@ -178,17 +178,16 @@ impl Rib {
         let mut changed = Vec::with_capacity(update.withdrawn.len() + update.announced.len());
         for (prefix, id) in update.withdrawn {
             let prefix = prefix.trunc();
-            let Some(paths) = adj.routes.get(&prefix) else {
+            let Some(paths) = adj.routes.get_mut(&prefix) else {
                 continue;
             };
-            if !paths.iter().any(|(i, _)| *i == id) {
+            let Some(at) = paths.iter().position(|(i, _)| *i == id) else {
                 continue;
-            }
-            let mut paths = adj.routes.remove(&prefix).unwrap_or_default();
-            paths.retain(|(i, _)| *i != id);
+            };
+            paths.remove(at);
             adj.paths -= 1;
-            if !paths.is_empty() {
-                adj.routes.insert(prefix, paths);
+            if paths.is_empty() {
+                adj.routes.remove(&prefix);
             }
             changed.push(prefix);
         }
@@ -199,15 +198,21 @@ impl Rib {
             });
             for (prefix, id) in update.announced {
                 let prefix = prefix.trunc();
-                let mut paths = adj.routes.remove(&prefix).unwrap_or_default();
-                match paths.iter_mut().find(|(i, _)| *i == id) {
-                    Some(slot) => slot.1 = Arc::clone(&attrs),
+                match adj.routes.get_mut(&prefix) {
+                    Some(paths) => match paths.iter_mut().find(|(i, _)| *i == id) {
+                        Some(slot) => slot.1 = Arc::clone(&attrs),
+                        None => {
+                            paths.push((id, Arc::clone(&attrs)));
+                            adj.paths += 1;
+                        }
+                    },
                     None => {
+                        let mut paths = Paths::new();
                         paths.push((id, Arc::clone(&attrs)));
+                        adj.routes.insert(prefix, paths);
                         adj.paths += 1;
                     }
                 }
-                adj.routes.insert(prefix, paths);
                 changed.push(prefix);
             }
         }

@@ -2,7 +2,11 @@
 //! BIRD 2 started with its own config and control socket in a temp dir,
 //! killed on drop.
 
-#![allow(dead_code, missing_docs)]
+#![allow(
+    dead_code,
+    missing_docs,
+    reason = "shared by several test binaries, each using a different subset"
+)]
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -313,6 +317,97 @@ impl Gobgp {
 }
 
 impl Drop for Gobgp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An FRR `bgpd` alone (no zebra, no kernel, no listener) with its own
+/// config, pid file and vty socket directory, killed on drop.
+pub struct Frr {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+/// Where Debian puts the FRR daemons.
+const BGPD: &str = "/usr/lib/frr/bgpd";
+
+impl Frr {
+    pub fn available() -> bool {
+        let ok = std::path::Path::new(BGPD).exists()
+            && Command::new("vtysh").arg("--help").output().is_ok();
+        if !ok {
+            assert!(
+                std::env::var_os("FLOWAGENT_REQUIRE_PEERS").is_none(),
+                "FRR is not installed (apt-get install frr)"
+            );
+            eprintln!("SKIPPED: FRR is not installed (apt-get install frr)");
+        }
+        ok
+    }
+
+    pub fn start(name: &str, config: &str) -> Frr {
+        let dir = std::env::temp_dir().join(format!("flowagent-frr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bgpd.conf"), config).unwrap();
+        let log = std::fs::File::create(dir.join("bgpd.log")).unwrap();
+        let child = Command::new(BGPD)
+            .arg("-f")
+            .arg(dir.join("bgpd.conf"))
+            .arg("-i")
+            .arg(dir.join("bgpd.pid"))
+            .arg("-z")
+            .arg(dir.join("zserv.api"))
+            .arg("--vty_socket")
+            .arg(&dir)
+            .args(["-Z", "-n", "-S", "-p", "0", "-P", "0", "--log", "stdout"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Frr {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// Runs configuration commands through vtysh (retrying while bgpd starts).
+    pub fn configure(&self, commands: &[&str]) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cmd = Command::new("vtysh");
+            cmd.arg("--vty_socket")
+                .arg(&self.dir)
+                .args(["-d", "bgpd", "-c", "configure terminal"]);
+            for c in commands {
+                cmd.args(["-c", c]);
+            }
+            let out = cmd.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() && !text.contains('%') {
+                return;
+            }
+            assert!(Instant::now() < end, "vtysh {commands:?}: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bgpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Frr {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
