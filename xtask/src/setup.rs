@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
 /// that nothing is left attached), util-linux (setpriv, unshare for the
 /// privilege and BTF error tests), iputils-ping, and the real BGP peers the
-/// BGP tests run: bird2 and gobgpd.
+/// BGP tests run: bird2, gobgpd and frr (its bgpd runs without systemd).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -27,6 +27,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bird2",
     "gobgpd",
+    "frr",
 ];
 
 /// Installs whatever is missing.
