@@ -177,6 +177,33 @@ async fn bad_requests_get_status_codes_and_service_continues() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
+    // FlowStream checks the same token.
+    let mut flows =
+        crate::export::grpc::proto::flow_stream_client::FlowStreamClient::new(ch.clone());
+    let err = flows
+        .subscribe(proto::SubscribeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let bad_filter = proto::SubscribeRequest {
+        filter: Some(proto::Filter {
+            prefixes: vec![proto::Prefix {
+                addr: vec![1, 2, 3],
+                len: 8,
+            }],
+            ..Default::default()
+        }),
+        sample_one_in: 0,
+    };
+    let err = crate::export::grpc::proto::flow_stream_client::FlowStreamClient::with_interceptor(
+        ch.clone(),
+        TokenAdd::new(Some("s3cret")),
+    )
+    .subscribe(bad_filter)
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
     // Garbage bytes on the port: the connection is closed, nothing else.
     let mut raw = tokio::net::TcpStream::connect(c.addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage \x16\x03\x01")
