@@ -164,8 +164,9 @@ fn write_loop(mut store: store::Store, mut commits: mpsc::Receiver<Commit>, hub:
                     "commit of {} batches failed, not acknowledged: {e}",
                     dones.len()
                 );
+                let status = Status::from(e);
                 for done in dones {
-                    let _ = done.send(Err(Status::unavailable(format!("storing failed: {e}"))));
+                    let _ = done.send(Err(status.clone()));
                 }
             }
         }

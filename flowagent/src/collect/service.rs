@@ -143,7 +143,7 @@ fn check(batch: &proto::FlowBatch) -> Result<(), Status> {
     if batch.agent_id.is_empty() {
         return Err(Status::invalid_argument("batch without agent_id"));
     }
-    store::check_batch(batch).map_err(|e| Status::invalid_argument(e.to_string()))
+    store::check_batch(batch).map_err(Status::from)
 }
 
 /// Serves Export, FlowStream, health and reflection until `cancel`.
