@@ -14,6 +14,7 @@ use std::{
 };
 
 use flowagent::{
+    collect::{CollectConfig, Collector},
     drain::{Batch, Counters},
     export::grpc::{
         agent::{AgentGrpc, GrpcConfig},
@@ -80,13 +81,21 @@ fn record(i: u64) -> FlowRecord {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_client_subscribes() {
+/// The venv's python and a directory of stubs generated from the .proto;
+/// `None` when skipped.
+async fn python_with_stubs() -> Option<(PathBuf, tempfile::TempDir)> {
     if std::env::var_os("FLOWAGENT_SKIP_PYTHON").is_some() {
         eprintln!("FLOWAGENT_SKIP_PYTHON set: skipped");
-        return;
+        return None;
     }
-    let py = tokio::task::spawn_blocking(python).await.unwrap();
+    // Both tests may install at once: one at a time.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let py = tokio::task::spawn_blocking(|| {
+        let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+        python()
+    })
+    .await
+    .unwrap();
     let stubs = tempfile::tempdir().unwrap();
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
     run(Command::new(&py)
@@ -95,6 +104,54 @@ async fn python_grpcio_client_subscribes() {
         .arg(format!("--python_out={}", stubs.path().display()))
         .arg(format!("--grpc_python_out={}", stubs.path().display()))
         .arg(proto_root.join("flowagent/v1/flow.proto")));
+    Some((py, stubs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_garbage_export_is_refused_and_a_valid_one_acknowledged() {
+    let Some((py, stubs)) = python_with_stubs().await else {
+        return;
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let collector = Collector::bind(CollectConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        out_dir: out_dir.path().to_owned(),
+        security: Security::default(),
+    })
+    .await
+    .unwrap();
+    let addr = collector.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(collector.run(cancel.clone()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/export.py");
+    let mut cmd = Command::new(&py);
+    cmd.arg(script).arg(stubs.path()).arg(addr.to_string());
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        summary,
+        serde_json::json!({"garbage": "INTERNAL", "acks": [[1, false]]})
+    );
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+    let files: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains("\"agent_id\":\"py\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_subscribes() {
+    let Some((py, stubs)) = python_with_stubs().await else {
+        return;
+    };
 
     let cancel = CancellationToken::new();
     let config = GrpcConfig {

@@ -75,7 +75,10 @@ impl proto::collector_server::Collector for ExportService {
                     Ok(Some(batch)) => batch,
                     Ok(None) => break,
                     Err(status) => {
+                        // Undecodable messages land here too: answer with
+                        // the status after the acks already due.
                         warn!("export stream from {peer:?} failed: {status}");
+                        let _ = pending.send(Pending::Refused(status)).await;
                         break;
                     }
                 };
