@@ -209,7 +209,10 @@ fn main() -> ExitCode {
             ),
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // tonic logs refused TLS handshakes and broken connections at debug.
+    let default_filter = "info,tonic::transport::server=debug";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
     if let Some(Command::Collect(args)) = cli.command {
         return collect(args);
     }

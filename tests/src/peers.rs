@@ -52,6 +52,22 @@ impl Bird {
         assert!(text.contains("Reconfigured"), "birdc configure: {text}");
     }
 
+    /// Output of `birdc <command>`.
+    pub fn birdc(&self, command: &str) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.socket())
+            .args(command.split_whitespace())
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// BIRD's process id (the daemon runs in the foreground under `ip netns exec`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.0.join("bird.ctl")
     }

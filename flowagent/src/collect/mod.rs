@@ -147,26 +147,26 @@ fn write_loop(mut store: store::Store, mut commits: mpsc::Receiver<Commit>, hub:
                 Err(_) => break,
             }
         }
-        let batches: Vec<proto::FlowBatch> = group.iter().map(|c| c.batch.clone()).collect();
+        let (batches, dones): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|c| (c.batch, c.done)).unzip();
         match store.commit(&batches, SystemTime::now()) {
             Ok(outcomes) => {
-                for ((c, outcome), batch) in group.into_iter().zip(outcomes).zip(&batches) {
+                for ((done, outcome), batch) in dones.into_iter().zip(outcomes).zip(&batches) {
                     if outcome == store::Outcome::Stored {
                         hub.publish_proto(&batch.records);
                     }
-                    let _ = c.done.send(Ok(outcome));
+                    let _ = done.send(Ok(outcome));
                 }
             }
             Err(e) => {
                 // Nothing of the group is kept; the agents resend it.
                 warn!(
                     "commit of {} batches failed, not acknowledged: {e}",
-                    group.len()
+                    dones.len()
                 );
-                for c in group {
-                    let _ = c
-                        .done
-                        .send(Err(Status::unavailable(format!("storing failed: {e}"))));
+                let status = Status::from(e);
+                for done in dones {
+                    let _ = done.send(Err(status.clone()));
                 }
             }
         }

@@ -75,7 +75,10 @@ impl proto::collector_server::Collector for ExportService {
                     Ok(Some(batch)) => batch,
                     Ok(None) => break,
                     Err(status) => {
+                        // Undecodable messages land here too: answer with
+                        // the status after the acks already due.
                         warn!("export stream from {peer:?} failed: {status}");
+                        let _ = pending.send(Pending::Refused(status)).await;
                         break;
                     }
                 };
@@ -143,7 +146,7 @@ fn check(batch: &proto::FlowBatch) -> Result<(), Status> {
     if batch.agent_id.is_empty() {
         return Err(Status::invalid_argument("batch without agent_id"));
     }
-    store::check_batch(batch).map_err(|e| Status::invalid_argument(e.to_string()))
+    store::check_batch(batch).map_err(Status::from)
 }
 
 /// Serves Export, FlowStream, health and reflection until `cancel`.

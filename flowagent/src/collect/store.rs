@@ -85,6 +85,18 @@ pub enum Error {
     },
 }
 
+/// At the gRPC boundary: a bad batch is the sender's fault and is not
+/// retried as is; a storage failure is transient (the agent resends).
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::BadRecord { .. } => tonic::Status::invalid_argument(e.to_string()),
+            Error::Io { .. } => tonic::Status::unavailable(format!("storing failed: {e}")),
+            Error::CorruptState { .. } => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error + use<> {
     let path = path.to_owned();
     move |source| Error::Io { what, path, source }

@@ -177,6 +177,33 @@ async fn bad_requests_get_status_codes_and_service_continues() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
+    // FlowStream checks the same token.
+    let mut flows =
+        crate::export::grpc::proto::flow_stream_client::FlowStreamClient::new(ch.clone());
+    let err = flows
+        .subscribe(proto::SubscribeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let bad_filter = proto::SubscribeRequest {
+        filter: Some(proto::Filter {
+            prefixes: vec![proto::Prefix {
+                addr: vec![1, 2, 3],
+                len: 8,
+            }],
+            ..Default::default()
+        }),
+        sample_one_in: 0,
+    };
+    let err = crate::export::grpc::proto::flow_stream_client::FlowStreamClient::with_interceptor(
+        ch.clone(),
+        TokenAdd::new(Some("s3cret")),
+    )
+    .subscribe(bad_filter)
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
     // Garbage bytes on the port: the connection is closed, nothing else.
     let mut raw = tokio::net::TcpStream::connect(c.addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage \x16\x03\x01")
@@ -349,5 +376,161 @@ mod with_exporter {
         task.await.unwrap();
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+}
+
+mod tls {
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    use super::*;
+    use crate::{
+        drain::{Batch, Counters},
+        export::grpc::client::{self, ExporterConfig},
+    };
+
+    struct Pki {
+        ca: std::path::PathBuf,
+        server_cert: std::path::PathBuf,
+        server_key: std::path::PathBuf,
+        client_cert: std::path::PathBuf,
+        client_key: std::path::PathBuf,
+    }
+
+    fn pki(dir: &Path) -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |name: &str, san: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            let (c, k) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (server_cert, server_key) = leaf("server", "127.0.0.1");
+        let (client_cert, client_key) = leaf("client", "edge-1");
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        Pki {
+            ca: ca_path,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn drained(first: u64, n: u64) -> Batch {
+        Batch {
+            start: convert::time_from_ns(first),
+            end: convert::time_from_ns(first + 1),
+            records: (first..first + n).map(full_record).collect(),
+            counters: Counters::default(),
+            dropped_records: 0,
+            sampling_rate: 1,
+        }
+    }
+
+    async fn call_code(ep: Endpoint) -> Code {
+        let ch = match ep.connect().await {
+            Ok(ch) => ch,
+            Err(_) => return Code::Unavailable,
+        };
+        let result = async {
+            let mut acks = connect(ch, Some("s3cret"))
+                .export(tokio_stream::iter(vec![batch("x", 1, 1, 1)]))
+                .await?
+                .into_inner();
+            acks.message().await
+        }
+        .await;
+        match result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mutual_tls_with_token_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki(dir.path());
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let out = dir.path().join("out");
+        let c = start(
+            &out,
+            Security {
+                tls_cert: Some(p.server_cert.clone()),
+                tls_key: Some(p.server_key.clone()),
+                tls_ca: Some(p.ca.clone()),
+                token_file: Some(token.clone()),
+                insecure: false,
+            },
+        )
+        .await;
+        let url = format!("https://{}", c.addr);
+        let agent_security = Security {
+            tls_cert: Some(p.client_cert.clone()),
+            tls_key: Some(p.client_key.clone()),
+            tls_ca: Some(p.ca.clone()),
+            token_file: Some(token),
+            insecure: false,
+        };
+        let mut config = ExporterConfig::new(url.clone(), "edge-1".into(), 1000, agent_security);
+        config.backoff_max = Duration::from_millis(200);
+        let cancel = CancellationToken::new();
+        let (exp, task) = client::spawn(config, cancel.clone()).unwrap();
+        exp.offer(&drained(0, 10));
+
+        let ca = Certificate::from_pem(std::fs::read(&p.ca).unwrap());
+        // No client certificate: the server refuses the handshake. Under
+        // TLS 1.3 the client only learns it when its first read fails, which
+        // tonic reports as UNKNOWN (transport error) rather than UNAVAILABLE.
+        let no_cert = Endpoint::from_shared(url.clone())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .domain_name("127.0.0.1")
+                    .ca_certificate(ca),
+            )
+            .unwrap();
+        // The code depends on when the client notices (UNKNOWN, CANCELLED,
+        // INTERNAL or UNAVAILABLE); the call never succeeds.
+        assert_ne!(call_code(no_cert).await, Code::Ok);
+        // Plaintext to the TLS port: the client reads a TLS alert where it
+        // expects HTTP/2 (INTERNAL or UNKNOWN, by timing).
+        let plain = Endpoint::from_shared(format!("http://{}", c.addr)).unwrap();
+        assert_ne!(call_code(plain).await, Code::Ok);
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while exp.stats().acked_records < 10 {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", exp.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        exp.offer(&drained(10, 5));
+        while exp.stats().acked_records < 15 {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", exp.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            lines(&out)
+                .iter()
+                .filter(|l| l["event_type"] == "purge")
+                .count(),
+            15
+        );
+        cancel.cancel();
+        task.await.unwrap();
+        c.stop().await;
     }
 }

@@ -38,3 +38,79 @@ pub async fn fan_out(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        drain::Counters,
+        export::grpc::{
+            agent::{AgentGrpc, GrpcConfig},
+            convert::tests::full_record,
+            security::Security,
+        },
+    };
+
+    fn batch(n: u64) -> Batch {
+        Batch {
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            records: (0..n).map(full_record).collect(),
+            counters: Counters::default(),
+            dropped_records: 0,
+            sampling_rate: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_writer_loses_counted_batches_and_grpc_gets_all() {
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let config = GrpcConfig {
+            collectors: vec![format!("http://{unreachable}")],
+            export_buffer: 1000,
+            agent_id: "a".into(),
+            listen: None,
+            security: Security::default(),
+        };
+        let grpc = AgentGrpc::start(&config, cancel.clone()).await.unwrap();
+        let exporter = grpc.exporters()[0].clone();
+        let (batches, batches_rx) = mpsc::channel(8);
+        let (writer, mut writer_rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            fan_out(batches_rx, &grpc, writer).await;
+            grpc
+        });
+        let queued = |n| {
+            let exporter = exporter.clone();
+            async move {
+                while exporter.stats().queued_items < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        batches.send(batch(2)).await.unwrap();
+        queued(3).await;
+        // The writer has no room for these two: counted, not waited for.
+        batches.send(batch(2)).await.unwrap();
+        batches.send(batch(3)).await.unwrap();
+        queued(3 + 3 + 4).await;
+        assert_eq!(writer_rx.recv().await.unwrap().dropped_records, 0);
+        batches.send(batch(1)).await.unwrap();
+        let next = writer_rx.recv().await.unwrap();
+        assert_eq!((next.records.len(), next.dropped_records), (1, 5));
+        // Every batch reached the exporter: 8 records + 4 counters items.
+        assert_eq!(exporter.stats().queued_items, 12);
+        drop(batches);
+        let grpc = task.await.unwrap();
+        cancel.cancel();
+        grpc.finish().await;
+    }
+}

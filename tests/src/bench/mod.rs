@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod flood;
 pub mod kernel;
 pub mod report;
+pub mod rib;
 pub mod trafgen;
 
 use std::path::Path;
@@ -35,6 +36,10 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("flood") {
         eprintln!("bench: memory under a flow flood");
         figures.extend(flood::run(&scratch.0, quick));
+    }
+    if want("rib") {
+        eprintln!("bench: RIB");
+        figures.extend(rib::run(&scratch.0, quick));
     }
     if want("e2e") {
         eprintln!("bench: end to end against pmacctd");

@@ -106,6 +106,11 @@ impl AgentGrpc {
         self.local_addr
     }
 
+    /// Current FlowStream subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.hub.subscribers()
+    }
+
     /// The exporters, one per collector, in `--collector` order.
     pub fn exporters(&self) -> &[ExporterHandle] {
         &self.exporters

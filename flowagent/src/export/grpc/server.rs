@@ -6,7 +6,7 @@
 //! drain and other subscribers never wait for a slow one. Each subscriber
 //! has its own bounded buffer of [`SUBSCRIBER_BUFFER`] events; records that
 //! do not fit are counted, and the subscriber gets a `Gap` event with the
-//! count before its next record. Subscribers that went away are removed on
+//! count as soon as there is room at a publish (before any later record). Subscribers that went away are removed on
 //! the next publish.
 
 use std::{
@@ -123,26 +123,40 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// Tells the subscriber what it missed, if anything and if there is
+    /// room; false when the subscriber has gone.
+    fn flush_gap(&mut self) -> bool {
+        if self.missed == 0 {
+            return true;
+        }
+        let gap = proto::SubscribeEvent {
+            event: Some(Event::Gap(proto::Gap {
+                missed_records: self.missed,
+            })),
+        };
+        match self.tx.try_send(Ok(gap)) {
+            Ok(()) => {
+                self.missed = 0;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     /// Offers one matching record; false when the subscriber has gone.
     fn offer(&mut self, r: &proto::FlowRecord) -> bool {
         self.matched += 1;
         if !(self.matched - 1).is_multiple_of(self.sample) {
             return true;
         }
+        if !self.flush_gap() {
+            return false;
+        }
         if self.missed > 0 {
-            let gap = proto::SubscribeEvent {
-                event: Some(Event::Gap(proto::Gap {
-                    missed_records: self.missed,
-                })),
-            };
-            match self.tx.try_send(Ok(gap)) {
-                Ok(()) => self.missed = 0,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.missed += 1;
-                    return true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
+            // Still no room: this one is missed too.
+            self.missed += 1;
+            return true;
         }
         let event = proto::SubscribeEvent {
             event: Some(Event::Record(r.clone())),
@@ -241,6 +255,12 @@ impl Hub {
         let mut guard = self.lock();
         let subs = &mut guard.1;
         subs.retain_mut(|s| {
+            // A gap is told at the next publish (every drain interval on the
+            // agent) even when no matching record follows.
+            if !s.flush_gap() {
+                info!("subscriber {} left", s.id);
+                return false;
+            }
             for r in records {
                 if s.filter.matches(r) && !s.offer(r) {
                     info!("subscriber {} left", s.id);
@@ -465,11 +485,13 @@ mod tests {
                 Some(Event::Record(_))
             ));
         }
-        hub.publish_proto(&[msg(1)]);
+        // Told at the next publish, even one without records.
+        hub.publish_proto(&[]);
         match slow.next().await.unwrap().unwrap().event.unwrap() {
             Event::Gap(g) => assert_eq!(g.missed_records, 10),
             Event::Record(_) => panic!("expected a gap"),
         }
+        hub.publish_proto(&[msg(1)]);
         assert!(matches!(
             slow.next().await.unwrap().unwrap().event,
             Some(Event::Record(_))

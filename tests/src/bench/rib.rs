@@ -1,0 +1,294 @@
+//! RIB: an Internet-sized table fed over a real BGP session from BIRD, into
+//! the agent and, in the same run, into pmacctd's BGP daemon. Figures: time
+//! from the session's start to the table complete, the agent's RSS before
+//! and after, against BIRD's own RSS and pmacctd's.
+//!
+//! The table: prefixes drawn with a DFZ-like length mix (IPv4 mostly /24,
+//! IPv6 mostly /48), AS paths of 2 to 6 hops from a few thousand origins,
+//! generated into BIRD static protocols.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::report::Figure;
+use crate::{agent::Agent, lab::quiet_netns, peers::Bird};
+
+const SECTION: &str = "RIB";
+const AGENT_PORT: u16 = 17917;
+const PMACCT_PORT: u16 = 17918;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// BIRD static protocols holding `v4` IPv4 and `v6` IPv6 prefixes.
+fn table(v4: usize, v6: usize) -> String {
+    let mut rng = Rng(0x5eed_f10a);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::with_capacity((v4 + v6) * 90);
+    let path = |rng: &mut Rng| -> String {
+        let hops = 2 + (rng.next() % 5) as usize;
+        let origin = 64_512 + (rng.next() % 4000) as u32;
+        let mut p = format!("bgp_path.prepend({origin});");
+        for _ in 1..hops {
+            let _ = write!(p, " bgp_path.prepend({});", 1000 + rng.next() % 200);
+        }
+        p
+    };
+    out.push_str("protocol static s4 {\n  ipv4;\n");
+    while seen.len() < v4 {
+        let r = rng.next();
+        let len = match r % 100 {
+            0..=59 => 24,
+            60..=69 => 23,
+            70..=79 => 22,
+            80..=87 => 21,
+            88..=93 => 20,
+            _ => 16 + (r >> 8) % 4,
+        } as u32;
+        // Unicast space outside 0/8, 10/8, 127/8 and 224/3.
+        let addr = ((r >> 16) as u32 | 0x0100_0000) & 0xdfff_ffff & !(u32::MAX >> len);
+        if addr >> 24 == 10 || addr >> 24 == 127 || !seen.insert((addr, len)) {
+            continue;
+        }
+        let a = std::net::Ipv4Addr::from(addr);
+        let _ = writeln!(out, "  route {a}/{len} blackhole {{ {} }};", path(&mut rng));
+    }
+    out.push_str("}\nprotocol static s6 {\n  ipv6;\n");
+    let mut seen6 = std::collections::HashSet::new();
+    while seen6.len() < v6 {
+        let r = rng.next();
+        let len = match r % 100 {
+            0..=49 => 48,
+            50..=69 => 32,
+            70..=79 => 44,
+            80..=89 => 40,
+            _ => 36,
+        } as u32;
+        let hi = (0x2001_0000_0000_0000u64 | (r >> 20)) & !(u64::MAX >> len);
+        if !seen6.insert((hi, len)) {
+            continue;
+        }
+        let a = std::net::Ipv6Addr::from(((hi as u128) << 64).to_be_bytes());
+        let _ = writeln!(out, "  route {a}/{len} blackhole {{ {} }};", path(&mut rng));
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn bird_config(statics: &str) -> String {
+    let session = |name: &str, port: u16| {
+        format!(
+            "protocol bgp {name} {{\n  local 127.0.0.1 as 65000;\n  neighbor 127.0.0.1 port {port} as 65000;\n  rr client;\n  hold time 240;\n  connect delay time 1;\n  connect retry time 1;\n  ipv4 {{ import none; export all; next hop address 192.0.2.1; }};\n  ipv6 {{ import none; export all; next hop address 2001:db8::1; }};\n}}\n"
+        )
+    };
+    format!(
+        "router id 192.0.2.254;\nlog stderr {{ error, fatal }};\nprotocol device {{ }}\n{statics}{}{}",
+        session("agent", AGENT_PORT),
+        session("pmacct", PMACCT_PORT)
+    )
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Total RSS of pmacctd's processes (the core and its plugins) in `ns`.
+fn pmacct_rss_mib() -> f64 {
+    let out = Command::new("pgrep")
+        .args(["-f", "pmacctd"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+        .map(rss_mib)
+        .sum()
+}
+
+/// Routes BIRD says it exported on protocol `name`.
+fn exported(bird: &Bird, name: &str) -> u64 {
+    let text = bird.birdc(&format!("show protocols all {name}"));
+    text.lines()
+        .filter(|l| l.contains("Routes:"))
+        .filter_map(|l| {
+            l.split(',')
+                .find(|p| p.contains("exported"))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn agent_routes(socket: &str) -> u64 {
+    let out = Command::new(crate::agent::bin())
+        .args(["--bgp-socket", socket, "bgp", "routes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "best routes: N IPv4, M IPv6; ..."
+    text.lines()
+        .find_map(|l| l.strip_prefix("best routes: "))
+        .map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .take(2)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The figures.
+pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
+    let (n4, n6) = if quick {
+        (50_000, 10_000)
+    } else {
+        (1_000_000, 230_000)
+    };
+    let total = (n4 + n6) as u64;
+    let ns = quiet_netns("br");
+    let socket = dir.join("bgp.sock");
+    let socket = socket.to_str().unwrap().to_owned();
+
+    let listen = format!("127.0.0.1:{AGENT_PORT}");
+    let agent = Agent::start(
+        &ns,
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "xdp-generic",
+            "--interval",
+            "60",
+            "--bgp-listen",
+            &listen,
+            "--local-as",
+            "65000",
+            "--bgp-router-id",
+            "192.0.2.250",
+            "--bgp-neighbor",
+            "127.0.0.1=65000",
+            "--bgp-socket",
+            &socket,
+            "--grpc-listen",
+            "off",
+        ],
+    );
+    let agent_rss_before = agent.rss_kib() as f64 / 1024.0;
+
+    let pm_conf = dir.join("pmacctd-bgp.conf");
+    std::fs::write(
+        &pm_conf,
+        format!(
+            "daemonize: false\npcap_interface: lo\naggregate: src_as, dst_as\nplugins: print\nprint_output_file: {}/pm.txt\n\
+             print_refresh_time: 300\npmacctd_as: bgp\npmacctd_net: bgp\nbgp_daemon: true\nbgp_daemon_ip: 127.0.0.1\n\
+             bgp_daemon_port: {PMACCT_PORT}\nbgp_daemon_max_peers: 2\nbgp_agent_map: {}/agent.map\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("agent.map"), "bgp_ip=127.0.0.1 ip=0.0.0.0/0\n").unwrap();
+    let mut pmacct: Child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "pmacctd", "-f"])
+        .arg(&pm_conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pmacctd");
+    std::thread::sleep(Duration::from_secs(2));
+    let pmacct_rss_before = pmacct_rss_mib();
+
+    eprintln!("bench: generating {n4} IPv4 + {n6} IPv6 routes for BIRD");
+    let started = Instant::now();
+    let bird = Bird::start(&ns, &bird_config(&table(n4, n6)));
+    let deadline = started + Duration::from_secs(if quick { 120 } else { 900 });
+    let mut agent_done = None;
+    let mut pmacct_sent = None;
+    while agent_done.is_none() || pmacct_sent.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "table not complete: agent {} routes",
+            agent_routes(&socket)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        if agent_done.is_none() && agent_routes(&socket) >= total {
+            agent_done = Some(started.elapsed());
+        }
+        if pmacct_sent.is_none() && exported(&bird, "pmacct") >= total {
+            pmacct_sent = Some(started.elapsed());
+        }
+    }
+    // Let pmacctd take in what BIRD has sent.
+    std::thread::sleep(Duration::from_secs(3));
+    let agent_rss = agent.rss_kib() as f64 / 1024.0;
+    let bird_rss = rss_mib(bird.pid());
+    let pmacct_rss = pmacct_rss_mib();
+    let agent_done = agent_done.unwrap().as_secs_f64();
+    let conditions = format!(
+        "{n4} IPv4 + {n6} IPv6 prefixes, DFZ-like lengths, 2-6 hop AS paths, from BIRD 2 over iBGP on loopback (rr client); time includes BIRD parsing its config"
+    );
+    drop(agent);
+    let _ = pmacct.kill();
+    let _ = pmacct.wait();
+    let _ = Command::new("pkill")
+        .args(["-f", pm_conf.to_str().unwrap()])
+        .status();
+    drop(bird);
+    vec![
+        Figure {
+            section: SECTION,
+            name: "agent RSS with the table".into(),
+            value: agent_rss,
+            unit: "MiB",
+            baseline: Some((
+                "pmacctd (all processes) with the same table".into(),
+                pmacct_rss,
+            )),
+            target: (!quick).then(|| ("<= 150 MB".to_owned(), agent_rss * 1.048_576 <= 150.0)),
+            samples: vec![agent_rss],
+            conditions: format!(
+                "{conditions}; agent RSS before the table {agent_rss_before:.1} MiB, pmacctd before {pmacct_rss_before:.1} MiB"
+            ),
+        },
+        Figure {
+            section: SECTION,
+            name: "BIRD RSS with the table".into(),
+            value: bird_rss,
+            unit: "MiB",
+            baseline: None,
+            target: None,
+            samples: vec![bird_rss],
+            conditions: conditions.clone(),
+        },
+        Figure {
+            section: SECTION,
+            name: "table complete in the agent, from BIRD's start".into(),
+            value: agent_done,
+            unit: "s",
+            baseline: Some((
+                "BIRD done sending to pmacctd".into(),
+                pmacct_sent.unwrap().as_secs_f64(),
+            )),
+            target: None,
+            samples: vec![agent_done],
+            conditions,
+        },
+    ]
+}
