@@ -10,8 +10,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        BPF_NOEXIST, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_NOEXIST,
+        bpf_fib_lookup as FibParams,
     },
     helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     maps::PerCpuHashMap,
@@ -171,10 +171,8 @@ fn fib_lookup<C: EbpfContext>(
             // SAFETY: [u8; 16] and [u32; 4] have the same size; the kernel
             // reads these words as raw network-order bytes.
             unsafe {
-                params.__bindgen_anon_3.ipv6_src =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>(key.src);
-                params.__bindgen_anon_4.ipv6_dst =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>(key.dst);
+                params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(key.src);
+                params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(key.dst);
             }
         }
     }

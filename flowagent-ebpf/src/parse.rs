@@ -99,9 +99,10 @@ pub fn parse(start: usize, end: usize, vlan_hint: Option<u16>) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let (Some(tci), Some(inner)) =
-            (be16_at(start, end, offset), be16_at(start, end, offset + 2))
-        else {
+        let (Some(tci), Some(inner)) = (
+            be16_at(start, end, offset),
+            be16_at(start, end, offset + 2),
+        ) else {
             return Parsed::Malformed;
         };
         if !have_vlan {

@@ -39,9 +39,7 @@ fn nightly_has_rust_src() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
-        })
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
@@ -148,11 +146,7 @@ pub fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     if !succeeds(Command::new("apt-get").arg("--version")) {
         bail!("missing Debian packages {missing:?} and no apt-get to install them");
     }
-    let sudo: &[&str] = if crate::util::is_root() {
-        &[]
-    } else {
-        &["sudo"]
-    };
+    let sudo: &[&str] = if crate::util::is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
         if !sudo.is_empty() {

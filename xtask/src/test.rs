@@ -48,8 +48,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         cargo()
     } else {
         let mut sudo = Command::new("sudo");
-        sudo.args(["-E", "--preserve-env=PATH"])
-            .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        sudo.args(["-E", "--preserve-env=PATH"]).arg(
+            std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        );
         sudo.current_dir(crate::util::workspace_root());
         sudo
     };
