@@ -272,11 +272,7 @@ impl RawConfig {
             .iter()
             .map(|p| {
                 if p.is_empty() || p.len() > 15 && !p.contains(['*', '?', '[']) {
-                    return Err(invalid(
-                        "--iface",
-                        p,
-                        "an interface name has 1 to 15 characters",
-                    ));
+                    return Err(invalid("--iface", p, "an interface name has 1 to 15 characters"));
                 }
                 glob::Pattern::new(p).map_err(|e| invalid("--iface", p, &format!("bad glob: {e}")))
             })
@@ -337,9 +333,7 @@ impl RawConfig {
             ));
         }
         // Default: 64k flows per map and slot, enough for a small AS at 10 s.
-        let max_flows = self
-            .max_flows
-            .unwrap_or(flowagent_common::DEFAULT_MAX_FLOWS);
+        let max_flows = self.max_flows.unwrap_or(flowagent_common::DEFAULT_MAX_FLOWS);
         if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
             return Err(invalid(
                 "--max-flows",
@@ -597,69 +591,18 @@ mod tests {
     #[test]
     fn rejects_bad_values_naming_the_key() {
         let cases: [(RawConfig, &str); 8] = [
-            (
-                RawConfig {
-                    sampling: Some(0),
-                    ..raw()
-                },
-                "--sampling",
-            ),
-            (
-                RawConfig {
-                    max_flows: Some(0),
-                    ..raw()
-                },
-                "--max-flows",
-            ),
-            (
-                RawConfig {
-                    max_flows: Some(MAX_FLOWS_LIMIT + 1),
-                    ..raw()
-                },
-                "--max-flows",
-            ),
-            (
-                RawConfig {
-                    interval: Some(0),
-                    ..raw()
-                },
-                "--interval",
-            ),
-            (
-                RawConfig {
-                    mode: Some("fast".into()),
-                    ..raw()
-                },
-                "--mode",
-            ),
-            (
-                RawConfig {
-                    iface: vec!["eth[".into()],
-                    ..raw()
-                },
-                "--iface",
-            ),
-            (
-                RawConfig {
-                    iface: vec!["a-very-long-interface".into()],
-                    ..raw()
-                },
-                "--iface",
-            ),
-            (
-                RawConfig {
-                    direction: Some("egress".into()),
-                    ..raw()
-                },
-                "--direction",
-            ),
+            (RawConfig { sampling: Some(0), ..raw() }, "--sampling"),
+            (RawConfig { max_flows: Some(0), ..raw() }, "--max-flows"),
+            (RawConfig { max_flows: Some(MAX_FLOWS_LIMIT + 1), ..raw() }, "--max-flows"),
+            (RawConfig { interval: Some(0), ..raw() }, "--interval"),
+            (RawConfig { mode: Some("fast".into()), ..raw() }, "--mode"),
+            (RawConfig { iface: vec!["eth[".into()], ..raw() }, "--iface"),
+            (RawConfig { iface: vec!["a-very-long-interface".into()], ..raw() }, "--iface"),
+            (RawConfig { direction: Some("egress".into()), ..raw() }, "--direction"),
         ];
         for (cfg, key) in cases {
             let err = cfg.clone().validate().unwrap_err();
-            assert!(
-                err.to_string().starts_with(&format!("invalid {key} ")),
-                "{cfg:?}: {err}"
-            );
+            assert!(err.to_string().starts_with(&format!("invalid {key} ")), "{cfg:?}: {err}");
         }
     }
 

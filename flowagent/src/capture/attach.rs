@@ -76,16 +76,8 @@ impl Attacher {
         match self.mode {
             Mode::Tc => {
                 let hooks = [
-                    (
-                        self.direction.ingress(),
-                        names::PROG_TC_INGRESS,
-                        TcAttachType::Ingress,
-                    ),
-                    (
-                        self.direction.egress(),
-                        names::PROG_TC_EGRESS,
-                        TcAttachType::Egress,
-                    ),
+                    (self.direction.ingress(), names::PROG_TC_INGRESS, TcAttachType::Ingress),
+                    (self.direction.egress(), names::PROG_TC_EGRESS, TcAttachType::Egress),
                 ];
                 for (wanted, prog, hook) in hooks {
                     if !wanted {
@@ -96,10 +88,7 @@ impl Attacher {
                         .map_err(attach_err)?;
                     links.push(Attachment::Tc(prog, link));
                 }
-                info!(
-                    "attached tc {:?} to {name} (ifindex {index})",
-                    self.direction
-                );
+                info!("attached tc {:?} to {name} (ifindex {index})", self.direction);
             }
             mode => {
                 let xdp = program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?;

@@ -18,8 +18,8 @@ use log::{error, info, warn};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio_util::sync::CancellationToken;
 
-use self::links::{LinkEvent, dump_links, link_event};
 pub use self::{attach::Attacher, ifnames::IfNames};
+use self::links::{LinkEvent, dump_links, link_event};
 use crate::config::{Config, Mode, is_plain_name};
 
 /// Capture errors.
@@ -39,9 +39,7 @@ pub enum Error {
     )]
     NoBtf,
     /// TC mode needs tcx links.
-    #[error(
-        "--mode tc needs Linux 6.6 or later (tcx links); this kernel is {0}: use --mode auto (XDP)"
-    )]
+    #[error("--mode tc needs Linux 6.6 or later (tcx links); this kernel is {0}: use --mode auto (XDP)")]
     NoTcx(String),
     /// The object could not be loaded (map creation, relocation, BTF).
     #[error("loading the eBPF object failed: {0}")]

@@ -23,7 +23,9 @@ use aya::{
     Ebpf,
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
 };
-use flowagent_common::{Counter, DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, names};
+use flowagent_common::{
+    Counter, DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, names,
+};
 use log::{debug, warn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -122,15 +124,12 @@ impl Maps {
         };
         let control = take(ebpf, names::CONTROL)?;
         let control_fd = match &control {
-            Map::Array(data) => {
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Syscall {
-                        what: "duplicating the CONTROL map fd",
-                        source,
-                    })?
-            }
+            Map::Array(data) => data.fd().as_fd().try_clone_to_owned().map_err(|source| {
+                Error::Syscall {
+                    what: "duplicating the CONTROL map fd",
+                    source,
+                }
+            })?,
             other => {
                 return Err(Error::Map {
                     name: names::CONTROL,
@@ -179,17 +178,14 @@ impl Drainer {
         interval: Duration,
         out: mpsc::Sender<Batch>,
     ) -> Result<Self, Error> {
-        let barrier =
-            sys::Barrier::new(maps.control_fd.as_fd()).map_err(|source| Error::Syscall {
+        let barrier = sys::Barrier::new(maps.control_fd.as_fd()).map_err(|source| {
+            Error::Syscall {
                 what: "creating the drain barrier map",
                 source,
-            })?;
+            }
+        })?;
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Syscall {
-            what: if what.is_empty() {
-                "possible CPUs"
-            } else {
-                what
-            },
+            what: if what.is_empty() { "possible CPUs" } else { what },
             source,
         })?;
         Ok(Self {
@@ -254,10 +250,13 @@ impl Drainer {
     pub fn drain(&mut self) -> Result<Batch, Error> {
         let old = self.slot;
         let new = (old + 1) % SLOTS;
-        self.maps.control.set(0, new, 0).map_err(|e| Error::Map {
-            name: names::CONTROL,
-            reason: e.to_string(),
-        })?;
+        self.maps
+            .control
+            .set(0, new, 0)
+            .map_err(|e| Error::Map {
+                name: names::CONTROL,
+                reason: e.to_string(),
+            })?;
         self.slot = new;
         self.barrier.wait().map_err(|source| Error::Syscall {
             what: "waiting for programs to leave the old slot",
@@ -288,7 +287,11 @@ impl Drainer {
                 let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV4) };
                 read_values(v, &mut per_cpu);
                 if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    records.push(self.record(KeyParts::from(&key), &stats, &clock));
+                    records.push(self.record(
+                        KeyParts::from(&key),
+                        &stats,
+                        &clock,
+                    ));
                 }
             },
         )
@@ -305,7 +308,11 @@ impl Drainer {
                 let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV6) };
                 read_values(v, &mut per_cpu);
                 if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    records.push(self.record(KeyParts::from(&key), &stats, &clock));
+                    records.push(self.record(
+                        KeyParts::from(&key),
+                        &stats,
+                        &clock,
+                    ));
                 }
             },
         )

@@ -140,11 +140,7 @@ pub fn lookup_and_delete_all(
     loop {
         let mut out_token: u64 = 0;
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token as *const u64 as u64
-            },
+            in_batch: if first { 0 } else { &token as *const u64 as u64 },
             out_batch: &mut out_token as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,

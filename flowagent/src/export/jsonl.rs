@@ -335,10 +335,7 @@ mod tests {
             })
         );
         let unnamed = FlowRecord { proto: 253, ..r };
-        assert_eq!(
-            serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"],
-            253
-        );
+        assert_eq!(serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"], 253);
     }
 
     #[test]
