@@ -19,7 +19,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
 /// that nothing is left attached), util-linux (setpriv, unshare for the
 /// privilege and BTF error tests), iputils-ping.
-pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "iputils-ping"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "util-linux",
+    "iputils-ping",
+    // Real BGP peers for flowagent/tests/bgp_*.rs.
+    "bird2",
+    "gobgpd",
+    "frr",
+];
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {

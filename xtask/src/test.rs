@@ -31,15 +31,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    run_cmd(cargo().args([
-        "test",
-        "--package",
-        "flowagent",
-        "--package",
-        "flowagent-common",
-        "--package",
-        "xtask",
-    ]))?;
+    // The peers were installed above, so the BGP interop tests must not skip.
+    run_cmd(
+        cargo()
+            .args([
+                "test",
+                "--package",
+                "flowagent",
+                "--package",
+                "flowagent-common",
+                "--package",
+                "xtask",
+            ])
+            .env("FLOWAGENT_REQUIRE_PEERS", "1"),
+    )?;
     let bin = crate::build::run(&crate::build::Options { release: false })?;
 
     // Build the end-to-end tests unprivileged, then run them as root.
