@@ -118,6 +118,7 @@ impl Enricher {
             peer_as_src: r
                 .iface_in
                 .as_deref()
+                .filter(|_| !self.peer_src_as.is_empty())
                 .and_then(|i| self.peer_src_as.get(i).copied())
                 .unwrap_or(src.peer),
             peer_as_dst: dst.peer,

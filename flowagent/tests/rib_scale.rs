@@ -5,14 +5,16 @@
 //! `cargo test --release -p flowagent --test rib_scale -- --ignored --nocapture`
 //!
 //! Measured on the 2-core dev machine shared with two other builders
-//! (2026-11-24, release build): 955k IPv4 + 231k IPv6 best routes, 125k
-//! attribute sets, loaded in 1.1 s while a reader takes the lock for a
-//! 1024-lookup chunk every millisecond; the reader's longest wait 6.7 ms;
-//! heap 172 MiB (152 B per route, Adj-RIB-In and Loc-RIB together); 15 to
-//! 17 M lookups/s on one core; enrichment 1.8 to 2.2 M records/s (two
-//! lookups and an AS_PATH copy each); dropping the table 0.65 s. With a
-//! reader spinning on the lock without pause the load took 11 to 41 s: every
-//! publish section waits for the current read section.
+//! (2026-11-24, release build, ranges over several runs): 955k IPv4 + 231k
+//! IPv6 best routes, 125k attribute sets, loaded in 0.6 to 1.0 s while a
+//! reader takes the lock for a 1024-lookup chunk every millisecond; the
+//! reader's longest wait 7 to 11 ms; heap 83.7 MiB (74 B per route, all
+//! paths and attributes included); 8 to 15 M lookups/s on one core;
+//! enrichment 0.8 to 1.7 M records/s (two lookups and an AS_PATH copy
+//! each); the same table from a second neighbour +134 MiB (every prefix then
+//! has a two-path list), back to 83.7 MiB when it goes; dropping a table
+//! 0.9 to 1.2 s. With a reader spinning on the lock without pause a load
+//! takes 10 to 40 times longer: every write section waits for a read one.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -191,7 +193,7 @@ fn full_table_memory_and_lookup_rate() {
     drop(view);
 
     println!(
-        "loaded {n4} IPv4 + {n6} IPv6 best routes ({} attribute sets) in {:.2?}; heap {:.1} MiB ({:.0} B/route incl. Adj-RIB-In); \
+        "loaded {n4} IPv4 + {n6} IPv6 best routes ({} attribute sets) in {:.2?}; heap {:.1} MiB ({:.0} B/route, all included); \
          longest reader wait during load {worst_wait:.2?}; {:.1} M lookups/s/core ({hits} hits)",
         rib.attr_sets(),
         load,
@@ -221,6 +223,45 @@ fn full_table_memory_and_lookup_rate() {
     println!(
         "enriched 1M records in {took:.2?} ({:.1} M records/s, {with_as} with as_dst)",
         1.0 / took.as_secs_f64()
+    );
+
+    drop(records);
+
+    // A second neighbour with the same table: every prefix gets a path list.
+    let second: IpAddr = "192.0.2.2".parse().unwrap();
+    let mut rng = Rng(42);
+    let t = Instant::now();
+    let mut sent = (0usize, 0usize);
+    while sent.0 < 1_000_000 || sent.1 < 250_000 {
+        let ipv6 = sent.0 >= 1_000_000;
+        let announced: Vec<_> = (0..10)
+            .map(|_| (if ipv6 { v6(&mut rng) } else { v4(&mut rng) }, 0))
+            .collect();
+        if ipv6 {
+            sent.1 += 10;
+        } else {
+            sent.0 += 10;
+        }
+        rib.apply(RibUpdate {
+            announced,
+            attrs: PathAttrs {
+                as_path: vec![AsSegment::Sequence(vec![65002, 64999])],
+                next_hop: Some(second),
+                ..PathAttrs::default()
+            },
+            ..RibUpdate::new(second)
+        })
+        .unwrap();
+    }
+    println!(
+        "second neighbour's full table in {:.2?}; heap now {:.1} MiB",
+        t.elapsed(),
+        (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0
+    );
+    rib.drop_neighbor(second);
+    println!(
+        "second neighbour dropped; heap {:.1} MiB",
+        (LIVE.load(Ordering::Relaxed) - base) as f64 / 1048576.0
     );
 
     // Loss of the session: everything goes, in chunks.

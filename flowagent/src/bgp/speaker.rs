@@ -502,7 +502,10 @@ fn own_rib(mut rib: Rib, mut rx: mpsc::Receiver<RibMsg>, status: Status) {
             }
             RibMsg::Routes { neighbor, updates } => {
                 for u in updates {
-                    if let Err(e @ rib::Error::PrefixLimit { .. }) = rib.apply(u) {
+                    if let Err(
+                        e @ (rib::Error::PrefixLimit { .. } | rib::Error::PathLimit { .. }),
+                    ) = rib.apply(u)
+                    {
                         warn!("BGP: {e}");
                         if let Some(k) = kills.get(&neighbor) {
                             k.cancel();

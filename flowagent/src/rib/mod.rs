@@ -3,20 +3,21 @@
 //!
 //! ```text
 //!  sessions ──RibUpdate──▶ Rib (one owner task)          readers (enrich, `bgp routes`)
-//!                           │ Adj-RIB-In per neighbour          │
-//!                           │ best path per changed prefix      │ RibHandle::read()
-//!                           └──▶ Loc-RIB Lpm ◀── RwLock ────────┘  (short read sections)
+//!                           │ writes ≤ 1024 prefixes per lock   │ RibHandle::read()
+//!                           ├──▶ Lpm: best path per prefix ◀────┘  (short read sections)
+//!                           └──▶ side map: full path lists, only for prefixes
+//!                                with several paths (owner only)
 //! ```
 //!
 //! Invariants:
-//! - Only [`Rib`] mutates; it computes new best paths without holding the
-//!   lock and then writes at most [`table::PUBLISH_CHUNK`] prefixes per write
-//!   lock, so a full table arriving or a session dropping never blocks
-//!   readers for more than a few hundred microseconds.
+//! - Only [`Rib`] mutates, at most [`table::PUBLISH_CHUNK`] prefixes per
+//!   write lock, so a full table arriving or a session dropping never blocks
+//!   readers for more than a few milliseconds.
 //! - Readers take the read lock per chunk of lookups; the guard is not
 //!   `Send`, so it cannot be held across an `.await` in a spawned task.
-//! - Each neighbour's Adj-RIB-In is capped (`max_prefixes`), so a peer cannot
-//!   grow memory without bound.
+//! - Each neighbour's routes are capped (`max_prefixes`, and
+//!   [`table::MAX_PATHS_PER_PREFIX`] ADD-PATH paths per prefix), so a peer
+//!   cannot grow memory or CPU without bound.
 //! - No tokio and no I/O here except [`networks::load`]: everything is unit-tested.
 
 pub mod attrs;
@@ -53,6 +54,19 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A neighbour sent more ADD-PATH paths for one prefix than allowed; its
+    /// routes were dropped.
+    #[error(
+        "neighbour {neighbor} sent more than {limit} paths for {prefix}; its routes were dropped"
+    )]
+    PathLimit {
+        /// The neighbour.
+        neighbor: IpAddr,
+        /// The prefix.
+        prefix: ipnet::IpNet,
+        /// The limit.
+        limit: usize,
     },
     /// A neighbour sent more routes than allowed; its routes were dropped.
     #[error("neighbour {neighbor} exceeded {limit} routes; its routes were dropped")]
