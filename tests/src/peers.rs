@@ -86,3 +86,82 @@ impl Drop for Bird {
         }
     }
 }
+
+/// pmacctd, the reference agent, in a namespace: in its own process group
+/// so its plugin processes are measured and stopped with it.
+pub struct Pmacctd {
+    child: Option<Child>,
+}
+
+impl Pmacctd {
+    /// Starts `pmacctd -f conf` in `ns` and gives libpcap time to open.
+    pub fn start(ns: &Netns, conf: &std::path::Path) -> Pmacctd {
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "pmacctd", "-f"])
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start pmacctd (Debian package pmacct)");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        Pmacctd { child: Some(child) }
+    }
+
+    fn group(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Summed RSS of the core and plugin processes, MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let pgid = self.group();
+        let mut kib = 0u64;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+                continue;
+            }
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            kib += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        kib as f64 / 1024.0
+    }
+
+    /// SIGINT (the print plugin writes its cache), wait, then make sure no
+    /// process of the group is left.
+    pub fn stop(mut self) {
+        self.signal_group(libc::SIGINT);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        self.signal_group(libc::SIGKILL);
+    }
+
+    fn signal_group(&self, signal: i32) {
+        let pgid = self.group();
+        if pgid > 0 {
+            // SAFETY: signalling the process group we created.
+            unsafe { libc::killpg(pgid, signal) };
+        }
+    }
+}
+
+impl Drop for Pmacctd {
+    fn drop(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}

@@ -5,11 +5,7 @@
 //! includes softirq time spent on behalf of either agent; and each agent's
 //! packet total against what trafgen sent.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use super::{
     cpu::busy_seconds,
@@ -17,65 +13,38 @@ use super::{
     report::{Figure, median},
     trafgen,
 };
-use crate::{agent::Agent, lab::Lab};
+use crate::{agent::Agent, lab::Lab, peers::Pmacctd};
 
 const SECTION: &str = "end to end against pmacctd";
 
 /// Offset of the low 16 bits of the IPv4 source: 65536 distinct flows.
 const SRC_LOW_AT: usize = 14 + 12 + 2;
 
-struct Pmacctd {
-    child: Child,
-    output: std::path::PathBuf,
+/// Writes pmacctd's config for the comparison run and returns its output file.
+fn pmacct_config(dir: &Path, sampling: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let output = dir.join("pmacct.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let conf = dir.join("pmacctd.conf");
+    let mut text = format!(
+        "daemonize: false\npcap_interface: gb\naggregate: src_host, dst_host, src_port, dst_port, proto\n\
+         plugins: print\nprint_output: json\nprint_output_file: {}\nprint_output_file_append: true\n\
+         print_refresh_time: 5\n",
+        output.display()
+    );
+    if sampling > 1 {
+        text.push_str(&format!("sampling_rate: {sampling}\n"));
+    }
+    std::fs::write(&conf, text).unwrap();
+    (conf, output)
 }
 
-impl Pmacctd {
-    fn start(ns: &str, dir: &Path, sampling: u32) -> Pmacctd {
-        let output = dir.join("pmacct.jsonl");
-        let _ = std::fs::remove_file(&output);
-        let conf = dir.join("pmacctd.conf");
-        let mut text = format!(
-            "daemonize: false\npcap_interface: gb\naggregate: src_host, dst_host, src_port, dst_port, proto\n\
-             plugins: print\nprint_output: json\nprint_output_file: {}\nprint_output_file_append: true\n\
-             print_refresh_time: 5\n",
-            output.display()
-        );
-        if sampling > 1 {
-            text.push_str(&format!("sampling_rate: {sampling}\n"));
-        }
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "pmacctd", "-f"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pmacctd (Debian package pmacct)");
-        // libpcap needs a moment to open the interface.
-        std::thread::sleep(Duration::from_secs(2));
-        Pmacctd { child, output }
-    }
-
-    /// Stops it (SIGINT makes the print plugin write its cache) and sums packets.
-    fn stop(mut self) -> u64 {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(500));
-        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["packets"].as_u64())
-            .sum()
-    }
-}
-
-impl Drop for Pmacctd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // pmacctd forks plugin processes; they exit with the core process.
-    }
+/// Packets in pmacctd's JSON output.
+fn pmacct_total(output: &Path) -> u64 {
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["packets"].as_u64())
+        .sum()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -116,8 +85,10 @@ fn run_once(
             ],
         )
     });
-    let pmacct = matches!(variant, Variant::Pmacctd | Variant::Both)
-        .then(|| Pmacctd::start(lab.obs.name(), dir, sampling));
+    let pmacct = matches!(variant, Variant::Pmacctd | Variant::Both).then(|| {
+        let (conf, output) = pmacct_config(dir, sampling);
+        (Pmacctd::start(&lab.obs, &conf), output)
+    });
     let before = busy_seconds();
     trafgen::send(lab.gen_ns.name(), "ga", conf, packets);
     // Let softirq and the consumers finish the backlog before reading CPU.
@@ -126,7 +97,10 @@ fn run_once(
     RunResult {
         cpu_per_mpkt: cpu / (packets as f64 / 1e6),
         flowagent_total: agent.map(|a| a.stop().sum("packets", |_| true)),
-        pmacct_total: pmacct.map(Pmacctd::stop),
+        pmacct_total: pmacct.map(|(p, output)| {
+            p.stop();
+            pmacct_total(&output)
+        }),
     }
 }
 

@@ -10,12 +10,16 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use super::report::Figure;
-use crate::{agent::Agent, lab::quiet_netns, peers::Bird};
+use crate::{
+    agent::Agent,
+    lab::quiet_netns,
+    peers::{Bird, Pmacctd},
+};
 
 const SECTION: &str = "RIB";
 const AGENT_PORT: u16 = 17917;
@@ -109,19 +113,6 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Total RSS of pmacctd's processes (the core and its plugins) in `ns`.
-fn pmacct_rss_mib() -> f64 {
-    let out = Command::new("pgrep")
-        .args(["-f", "pmacctd"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|p| p.trim().parse::<u32>().ok())
-        .map(rss_mib)
-        .sum()
-}
-
 /// Routes BIRD says it exported on protocol `name`.
 fn exported(bird: &Bird, name: &str) -> u64 {
     let text = bird.birdc(&format!("show protocols all {name}"));
@@ -143,13 +134,17 @@ fn agent_routes(socket: &str) -> u64 {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     // "best routes: N IPv4, M IPv6; ..."
+    let count = |line: &str, family: &str| -> u64 {
+        line.split(',')
+            .find(|part| part.contains(family))
+            .and_then(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or(0)
+    };
     text.lines()
         .find_map(|l| l.strip_prefix("best routes: "))
         .map(|l| {
-            l.split(|c: char| !c.is_ascii_digit())
-                .filter_map(|n| n.parse::<u64>().ok())
-                .take(2)
-                .sum()
+            let l = l.split(';').next().unwrap_or("");
+            count(l, "IPv4") + count(l, "IPv6")
         })
         .unwrap_or(0)
 }
@@ -205,15 +200,8 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
     )
     .unwrap();
     std::fs::write(dir.join("agent.map"), "bgp_ip=127.0.0.1 ip=0.0.0.0/0\n").unwrap();
-    let mut pmacct: Child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "pmacctd", "-f"])
-        .arg(&pm_conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pmacctd");
-    std::thread::sleep(Duration::from_secs(2));
-    let pmacct_rss_before = pmacct_rss_mib();
+    let pmacct = Pmacctd::start(&ns, &pm_conf);
+    let pmacct_rss_before = pmacct.rss_mib();
 
     eprintln!("bench: generating {n4} IPv4 + {n6} IPv6 routes for BIRD");
     let started = Instant::now();
@@ -239,17 +227,13 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
     std::thread::sleep(Duration::from_secs(3));
     let agent_rss = agent.rss_kib() as f64 / 1024.0;
     let bird_rss = rss_mib(bird.pid());
-    let pmacct_rss = pmacct_rss_mib();
+    let pmacct_rss = pmacct.rss_mib();
     let agent_done = agent_done.unwrap().as_secs_f64();
     let conditions = format!(
         "{n4} IPv4 + {n6} IPv6 prefixes, DFZ-like lengths, 2-6 hop AS paths, from BIRD 2 over iBGP on loopback (rr client); time includes BIRD parsing its config"
     );
     drop(agent);
-    let _ = pmacct.kill();
-    let _ = pmacct.wait();
-    let _ = Command::new("pkill")
-        .args(["-f", pm_conf.to_str().unwrap()])
-        .status();
+    pmacct.stop();
     drop(bird);
     vec![
         Figure {
