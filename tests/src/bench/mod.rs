@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod drain;
 pub mod e2e;
 pub mod flood;
+pub mod grpc;
 pub mod kernel;
 pub mod report;
 pub mod rib;
@@ -36,6 +37,10 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("flood") {
         eprintln!("bench: memory under a flow flood");
         figures.extend(flood::run(&scratch.0, quick));
+    }
+    if want("grpc") {
+        eprintln!("bench: gRPC export");
+        figures.extend(grpc::run(quick));
     }
     if want("rib") {
         eprintln!("bench: RIB");
