@@ -239,6 +239,72 @@ impl Drop for Agent {
     }
 }
 
+/// `flowagent collect` running in a namespace; killed on drop.
+pub struct Collector {
+    child: Option<Child>,
+    /// Where it writes its hourly files.
+    pub dir: TempDir,
+}
+
+impl Collector {
+    /// Starts the collector in `ns` listening on `listen`, plus `args`.
+    pub fn start(ns: &Netns, listen: &str, args: &[&str]) -> Collector {
+        let dir = TempDir::new("collector");
+        let log = std::fs::File::create(dir.0.join("collector.log")).unwrap();
+        let out = dir.0.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(bin())
+            .arg("collect")
+            .arg("--out-dir")
+            .arg(&out)
+            .args(["--listen", listen])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start flowagent collect");
+        std::thread::sleep(Duration::from_millis(500));
+        Collector {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// Every line of every hourly file, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(self.dir.0.join("out")).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "jsonl") {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+                lines.extend(
+                    complete
+                        .lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                );
+            }
+        }
+        lines
+    }
+
+    /// The collector's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("collector.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Runs the agent to completion with `args` (no namespace, no --output) and
 /// returns its exit code and stderr: for the bad-input tests.
 pub fn run_expecting_failure(prefix: &[&str], args: &[&str]) -> (i32, String) {
