@@ -162,13 +162,17 @@ pub struct FlowStats {
     pub tcp_flags: u8,
     /// DSCP/ECN (IPv4 ToS, IPv6 traffic class) of the first packet.
     pub tos: u8,
+    /// Source MAC address of the first packet (for a peer-source-AS map
+    /// keyed by interface and neighbour router MAC).
+    pub src_mac: [u8; 6],
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
+const _: () = assert!(core::mem::offset_of!(FlowStats, src_mac) == 54);
 const _: () = assert!(core::mem::offset_of!(FlowKeyV4, ifindex) == 8);
 const _: () = assert!(core::mem::offset_of!(FlowKeyV6, ifindex) == 32);
 const _: () = assert!(core::mem::offset_of!(FlowStats, next_hop) == 32);

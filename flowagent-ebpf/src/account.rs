@@ -21,7 +21,7 @@ use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowSta
 
 use crate::{
     maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count},
-    parse::{Meta, Parsed, parse},
+    parse::{Meta, Parsed, parse, src_mac},
 };
 
 const AF_INET: u8 = 2;
@@ -49,12 +49,30 @@ pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observat
         Parsed::V4(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
-            update_slot(ctx, slot, &Job { key, meta, obs });
+            update_slot(
+                ctx,
+                slot,
+                &Job {
+                    key,
+                    meta,
+                    obs,
+                    frame: (start, end),
+                },
+            );
         }
         Parsed::V6(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
-            update_slot(ctx, slot, &Job { key, meta, obs });
+            update_slot(
+                ctx,
+                slot,
+                &Job {
+                    key,
+                    meta,
+                    obs,
+                    frame: (start, end),
+                },
+            );
         }
         Parsed::NonIp => {
             count(slot, Counter::NonIpPackets as u32, frame_len);
@@ -135,6 +153,8 @@ struct Job<'a, K> {
     key: K,
     meta: Meta,
     obs: &'a Observation,
+    /// The frame, for what a new flow reads beyond the key (source MAC).
+    frame: (usize, usize),
 }
 
 /// Calls the update compiled for the active slot.
@@ -211,6 +231,7 @@ fn add(stats: &mut FlowStats, meta: &Meta, now: u64) {
 fn init<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_, K>, now: u64) {
     stats.first_seen = now;
     stats.tos = job.meta.tos;
+    stats.src_mac = src_mac(job.frame.0, job.frame.1);
     stats.other_ifindex = job.obs.other_ifindex;
     if job.obs.direction == DIRECTION_INGRESS {
         fib_lookup(ctx, stats, job);

@@ -84,6 +84,16 @@ fn be16_at(start: usize, end: usize, offset: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(start, end, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
+/// The source MAC address of the frame, zeros if it is too short.
+#[inline(always)]
+pub fn src_mac(start: usize, end: usize) -> [u8; 6] {
+    match ptr_at::<[u8; 6]>(start, end, 6) {
+        // SAFETY: ptr_at checked the six bytes are inside the packet.
+        Some(p) => unsafe { *p },
+        None => [0; 6],
+    }
+}
+
 /// Parses the frame in `[start, end)`. `vlan_hint` is the outer VLAN id when
 /// the stack already took the tag out of the frame (TC ingress).
 #[inline(always)]

@@ -145,7 +145,7 @@ pub struct Routing {
     /// `--bgp-attrs`.
     pub attrs: BgpAttrs,
     /// `--bgp-peer-src-as`: ingress interface name to neighbour AS.
-    pub peer_src_as: HashMap<String, u32>,
+    pub peer_src_as: crate::enrich::PeerSrcAs,
     /// `--bgp-socket`: where `flowagent bgp routes` asks the agent.
     pub socket: PathBuf,
 }
@@ -592,17 +592,25 @@ impl RawConfig {
         }
         let mut peer_src_as = HashMap::new();
         for text in &self.bgp_peer_src_as {
-            let (iface, asn) = text
-                .split_once('=')
-                .filter(|(i, _)| !i.is_empty() && i.len() <= 15)
-                .ok_or_else(|| {
-                    invalid(
-                        "--bgp-peer-src-as",
-                        text,
-                        "expected IFACE=AS, e.g. eth1=64496",
-                    )
-                })?;
-            peer_src_as.insert(iface.to_owned(), parse_asn("--bgp-peer-src-as", asn)?);
+            let bad = || {
+                invalid(
+                    "--bgp-peer-src-as",
+                    text,
+                    "expected IFACE=AS or IFACE@MAC=AS, e.g. eth1=64496 or eth1@52:54:00:12:34:56=64496",
+                )
+            };
+            let (lhs, asn) = text.split_once('=').ok_or_else(bad)?;
+            let (iface, mac) = match lhs.split_once('@') {
+                Some((iface, mac)) => (iface, Some(parse_mac(mac).ok_or_else(bad)?)),
+                None => (lhs, None),
+            };
+            if iface.is_empty() || iface.len() > 15 {
+                return Err(bad());
+            }
+            peer_src_as.insert(
+                (iface.to_owned(), mac),
+                parse_asn("--bgp-peer-src-as", asn)?,
+            );
         }
         let networks_file = match self.networks_file.as_deref() {
             None => None,
@@ -664,6 +672,20 @@ pub const DEFAULT_EXPORT_BUFFER: usize = 1_500_000;
 pub const EXPORT_BUFFER_LIMIT: usize = 64 << 20;
 /// Default `--grpc-listen`.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+
+/// `aa:bb:cc:dd:ee:ff` (hex digits, either case).
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
 
 fn invalid(key: &'static str, value: &str, reason: &str) -> Error {
     Error::Invalid {
@@ -793,7 +815,7 @@ bgp_router_id = "192.0.2.250"
 bgp_listen = "127.0.0.1:17917"
 bgp_attrs = ["as_path", "communities"]
 networks_file = "/etc/flowagent/networks"
-bgp_peer_src_as = ["eth1=64496"]
+bgp_peer_src_as = ["eth1=64496", "eth2@52:54:00:12:34:56=64497"]
 bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true, port = 1179 }]
 "#,
         )
@@ -830,7 +852,16 @@ bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true
                 communities: true
             }
         );
-        assert_eq!(r.peer_src_as, HashMap::from([("eth1".to_string(), 64496)]));
+        assert_eq!(
+            r.peer_src_as,
+            HashMap::from([
+                (("eth1".to_string(), None), 64496),
+                (
+                    ("eth2".to_string(), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
+                    64497
+                ),
+            ])
+        );
         assert_eq!(
             r.networks_file,
             Some(PathBuf::from("/etc/flowagent/networks"))
@@ -856,7 +887,7 @@ bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true
             ..raw()
         };
         assert!(bgp().validate().is_ok());
-        let cases: [(RawConfig, &str); 11] = [
+        let cases: [(RawConfig, &str); 13] = [
             (
                 RawConfig {
                     bgp_listen: Some("127.0.0.1".into()),
@@ -923,6 +954,20 @@ bgp_neighbor = ["127.0.0.1=65001", { address = "::1", asn = 65002, active = true
             (
                 RawConfig {
                     bgp_peer_src_as: vec!["eth1".into()],
+                    ..bgp()
+                },
+                "--bgp-peer-src-as",
+            ),
+            (
+                RawConfig {
+                    bgp_peer_src_as: vec!["eth1@52:54:00:12:34=64496".into()],
+                    ..bgp()
+                },
+                "--bgp-peer-src-as",
+            ),
+            (
+                RawConfig {
+                    bgp_peer_src_as: vec!["eth1@zz:54:00:12:34:56=64496".into()],
                     ..bgp()
                 },
                 "--bgp-peer-src-as",

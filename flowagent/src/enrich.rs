@@ -8,9 +8,9 @@
 //!   path), else the networks file's peer AS; `bgp_nexthop`: that route's
 //!   next hop.
 //! - `peer_as_src`: from the per-interface map (pmacct's
-//!   `bgp_peer_src_as_map`, keyed by the ingress interface name; records
-//!   carry no MAC, so MAC keys are not supported), else as `peer_as_dst` but
-//!   toward `ip_src`.
+//!   `bgp_peer_src_as_map`): an entry for the ingress interface and the
+//!   first packet's source MAC (the neighbour router) wins over one for the
+//!   interface alone; else as `peer_as_dst` but toward `ip_src`.
 //! - `net_src`/`net_dst`: the matched prefixes (BGP first, then the file).
 //! - AS_PATH and communities of the destination route only when asked for
 //!   (`--bgp-attrs`): they cost an allocation per record.
@@ -47,8 +47,12 @@ pub struct Enricher {
     rib: RibHandle,
     local_as: u32,
     attrs: BgpAttrs,
-    peer_src_as: HashMap<String, u32>,
+    peer_src_as: PeerSrcAs,
 }
+
+/// `--bgp-peer-src-as`: (ingress interface, source MAC or `None` for any) to
+/// the neighbour AS.
+pub type PeerSrcAs = HashMap<(String, Option<[u8; 6]>), u32>;
 
 /// What one address resolves to.
 struct Lookup {
@@ -60,12 +64,7 @@ struct Lookup {
 impl Enricher {
     /// An enricher for `local_as`, copying `attrs`, with the interface →
     /// neighbour AS map for `peer_as_src`.
-    pub fn new(
-        rib: RibHandle,
-        local_as: u32,
-        attrs: BgpAttrs,
-        peer_src_as: HashMap<String, u32>,
-    ) -> Self {
+    pub fn new(rib: RibHandle, local_as: u32, attrs: BgpAttrs, peer_src_as: PeerSrcAs) -> Self {
         Self {
             rib,
             local_as,
@@ -109,18 +108,28 @@ impl Enricher {
         (none, None)
     }
 
+    /// The mapped neighbour AS for the record's ingress interface and
+    /// source MAC, or for the interface alone.
+    fn peer_src_as(&self, r: &FlowRecord) -> Option<u32> {
+        if self.peer_src_as.is_empty() {
+            return None;
+        }
+        let iface = r.iface_in.as_deref()?.to_owned();
+        let mut key = (iface, Some(r.src_mac));
+        if let Some(asn) = self.peer_src_as.get(&key) {
+            return Some(*asn);
+        }
+        key.1 = None;
+        self.peer_src_as.get(&key).copied()
+    }
+
     fn one(&self, view: &RibView<'_>, r: &FlowRecord) -> Enrichment {
         let (src, _) = self.lookup(view, r.src);
         let (dst, dst_route) = self.lookup(view, r.dst);
         let mut e = Enrichment {
             as_src: src.origin,
             as_dst: dst.origin,
-            peer_as_src: r
-                .iface_in
-                .as_deref()
-                .filter(|_| !self.peer_src_as.is_empty())
-                .and_then(|i| self.peer_src_as.get(i).copied())
-                .unwrap_or(src.peer),
+            peer_as_src: self.peer_src_as(r).unwrap_or(src.peer),
             peer_as_dst: dst.peer,
             net_src: src.net,
             net_dst: dst.net,
@@ -179,6 +188,7 @@ mod tests {
             iface_in: iface.map(Into::into),
             iface_out: None,
             next_hop: None,
+            src_mac: [0; 6],
             packets: 1,
             bytes: 1,
             start: SystemTime::UNIX_EPOCH,
@@ -275,15 +285,24 @@ mod tests {
             as_path: true,
             communities: true,
         };
-        let map = HashMap::from([("eth1".to_string(), 64999)]);
+        let router = [0x52, 0x54, 0, 0, 0, 7];
+        let map = HashMap::from([
+            (("eth1".to_string(), None), 64999),
+            (("eth1".to_string(), Some(router)), 64777),
+        ]);
         let e = Enricher::new(rib(), 65000, attrs, map);
+        let mut via_router = record("2001:db8::9", "198.51.100.7", Some("eth1"));
+        via_router.src_mac = router;
         let mut recs = vec![
             record("2001:db8::9", "198.51.100.7", Some("eth1")),
             record("2001:db8::9", "198.51.100.7", Some("eth2")),
+            via_router,
         ];
         e.enrich(&mut recs);
         assert_eq!(recs[0].enrichment.peer_as_src, 64999);
         assert_eq!(recs[1].enrichment.peer_as_src, 65002);
+        // Interface and MAC beat the interface alone.
+        assert_eq!(recs[2].enrichment.peer_as_src, 64777);
         assert_eq!(recs[0].enrichment.as_path, vec![65001, 65010]);
         assert_eq!(recs[0].enrichment.communities, vec![0xfde9_0064]);
         assert_eq!(recs[0].enrichment.large_communities, vec![[65001, 1, 2]]);

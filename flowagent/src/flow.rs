@@ -63,6 +63,8 @@ pub struct FlowRecord {
     pub iface_out: Option<String>,
     /// FIB next hop (gateway) for forwarded ingress flows.
     pub next_hop: Option<IpAddr>,
+    /// Source MAC address of the first packet.
+    pub src_mac: [u8; 6],
     /// Sampled packets.
     pub packets: u64,
     /// Sampled IP bytes.
@@ -120,6 +122,7 @@ pub fn merge_per_cpu<'a>(values: impl IntoIterator<Item = &'a FlowStats>) -> Opt
             // First-packet fields come from the CPU that saw the first packet.
             m.first_seen = v.first_seen;
             m.tos = v.tos;
+            m.src_mac = v.src_mac;
             if v.other_ifindex != 0 {
                 m.other_ifindex = v.other_ifindex;
                 m.next_hop = v.next_hop;

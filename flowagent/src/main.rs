@@ -59,8 +59,10 @@ struct Cli {
     /// Also write these destination-route attributes: as_path, communities.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     bgp_attrs: Vec<String>,
-    /// peer_as_src for traffic entering an interface (repeatable), e.g. eth1=64496.
-    #[arg(long, value_name = "IFACE=AS")]
+    /// peer_as_src for traffic entering an interface (repeatable), optionally
+    /// only from one neighbour router's MAC, e.g. eth1=64496 or
+    /// eth1@52:54:00:12:34:56=64496 (the MAC entry wins).
+    #[arg(long, value_name = "IFACE[@MAC]=AS")]
     bgp_peer_src_as: Vec<String>,
     /// Lines of prefix,asn[,peer_asn]; fills the routing fields where BGP has no route.
     #[arg(long, value_name = "PATH")]

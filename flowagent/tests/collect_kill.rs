@@ -37,6 +37,7 @@ fn record(seq: u64) -> FlowRecord {
         iface_in: Some("eth0".into()),
         iface_out: None,
         next_hop: None,
+        src_mac: [0; 6],
         // The sequence number, to find losses and duplicates.
         packets: seq,
         bytes: 1000,

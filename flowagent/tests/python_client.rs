@@ -68,6 +68,7 @@ fn record(i: u64) -> FlowRecord {
         iface_in: Some("eth1".into()),
         iface_out: Some("eth0".into()),
         next_hop: None,
+        src_mac: [0; 6],
         packets: i,
         bytes: if i.is_multiple_of(5) { 1500 } else { 500 },
         start: t,

@@ -100,6 +100,7 @@ fn record(src: u32, dst: u32) -> flowagent::flow::FlowRecord {
         iface_in: None,
         iface_out: None,
         next_hop: None,
+        src_mac: [0; 6],
         packets: 1,
         bytes: 1,
         start: std::time::SystemTime::UNIX_EPOCH,

@@ -232,6 +232,7 @@ fn check_mix(out: &Output, mix: &[Expect], iface: &str, direction: &str) {
         assert_eq!(flags, e.tcp_flags, "{} tcp_flags", e.name);
         for r in &recs {
             assert_eq!(r["vlan"], e.vlan, "{} vlan: {r}", e.name);
+            assert_eq!(r["mac_src"], GEN_MAC, "{} mac_src: {r}", e.name);
             assert_eq!(r["tos"], e.tos, "{} tos: {r}", e.name);
             assert_eq!(r["direction"], direction, "{}: {r}", e.name);
             let observed = if direction == "ingress" {

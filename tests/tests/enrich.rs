@@ -139,6 +139,8 @@ fn flows_carry_bgp_asns_and_prefixes_and_follow_changes() {
             "as_path,communities",
             "--bgp-peer-src-as",
             "gb=64501",
+            "--bgp-peer-src-as",
+            "gb@02:00:00:00:00:01=64555",
             "--bgp-socket",
             socket,
         ],
@@ -162,6 +164,10 @@ fn flows_carry_bgp_asns_and_prefixes_and_follow_changes() {
     for _ in 0..3 {
         sender.send(&v4_frame("10.60.7.9", "10.60.200.1"));
     }
+    // The same path from another router's MAC: the interface entry applies.
+    let mut other_router = v4_frame("10.60.7.10", "10.60.200.1");
+    other_router[6..12].copy_from_slice(&mac("02:00:00:00:00:09"));
+    sender.send(&other_router);
     sender.send(&packet::eth(
         mac(OBS_MAC),
         mac(GEN_MAC),
@@ -196,8 +202,12 @@ fn flows_carry_bgp_asns_and_prefixes_and_follow_changes() {
         "{r}"
     );
     assert_eq!(r["peer_as_dst"], 64501, "{r}");
-    // Ingress interface map wins for peer_as_src.
-    assert_eq!(r["peer_as_src"], 64501, "{r}");
+    // The peer-source-AS map wins over the path, interface and MAC first.
+    assert_eq!(r["mac_src"], GEN_MAC, "{r}");
+    assert_eq!(r["peer_as_src"], 64555, "{r}");
+    let other = one(&out, "10.60.7.10", "10.60.200.1");
+    assert_eq!(other["mac_src"], "02:00:00:00:00:09", "{other}");
+    assert_eq!(other["peer_as_src"], 64501, "{other}");
     assert_eq!(r["bgp_nexthop"], "192.0.2.1", "{r}");
     assert_eq!(r["as_path"], "64501_64502", "{r}");
     assert_eq!(r["comms"], "65000:100", "{r}");

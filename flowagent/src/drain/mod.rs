@@ -397,6 +397,7 @@ impl Drainer {
             iface_in,
             iface_out,
             next_hop: stats.next_hop_addr(),
+            src_mac: stats.src_mac,
             packets: stats.packets,
             bytes: stats.bytes,
             start: clock.wall(stats.first_seen),

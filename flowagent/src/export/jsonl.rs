@@ -66,6 +66,14 @@ enum Proto {
     Number(u8),
 }
 
+/// `aa:bb:cc:dd:ee:ff`, as pmacct prints MAC addresses.
+fn mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -83,6 +91,7 @@ struct FlowLine<'a> {
     ip_proto: Proto,
     tos: u8,
     tcp_flags: u8,
+    mac_src: String,
     iface_in: Option<&'a str>,
     iface_out: Option<&'a str>,
     ifindex: u32,
@@ -180,6 +189,7 @@ impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
             ip_proto: proto_name(r.proto).map_or(Proto::Number(r.proto), Proto::Name),
             tos: r.tos,
             tcp_flags: r.tcp_flags,
+            mac_src: mac(r.src_mac),
             iface_in: r.iface_in.as_deref(),
             iface_out: r.iface_out.as_deref(),
             ifindex: r.ifindex,
@@ -352,6 +362,7 @@ mod tests {
             iface_in: Some("eth0".into()),
             iface_out: None,
             next_hop: None,
+            src_mac: [2, 0, 0, 0, 0, 1],
             packets: 2,
             bytes: 300,
             start: t,
@@ -365,7 +376,7 @@ mod tests {
             serde_json::json!({
                 "event_type": "purge", "ip_src": "192.0.2.1", "ip_dst": "::1",
                 "port_src": 1234, "port_dst": 53, "ip_proto": "udp", "tos": 184,
-                "tcp_flags": 0, "iface_in": "eth0", "iface_out": null, "ifindex": 3,
+                "tcp_flags": 0, "mac_src": "02:00:00:00:00:01", "iface_in": "eth0", "iface_out": null, "ifindex": 3,
                 "direction": "ingress", "vlan": 42, "packets": 2, "bytes": 300,
                 "timestamp_start": "2023-11-14T22:13:20.250000Z",
                 "timestamp_end": "2023-11-14T22:13:20.250000Z", "sampling_rate": 1
@@ -396,6 +407,7 @@ mod tests {
             iface_in: None,
             iface_out: None,
             next_hop: None,
+            src_mac: [2, 0, 0, 0, 0, 1],
             packets: 1,
             bytes: 40,
             start: t,

@@ -43,6 +43,7 @@ fn record(n: u64) -> FlowRecord {
         iface_in: Some("eth0".into()),
         iface_out: Some("eth1".into()),
         next_hop: None,
+        src_mac: [2, 0, 0, 0, 0, 1],
         packets: 10,
         bytes: 6_000,
         start: t,

@@ -41,6 +41,14 @@ pub enum Error {
         /// The largest accepted value.
         max: u64,
     },
+    /// A MAC address field is neither empty nor 6 bytes long.
+    #[error("field {field}: MAC address of {len} bytes, expected 6")]
+    MacLength {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
     /// A prefix length is longer than its address.
     #[error("field {field}: prefix length {len} longer than the address")]
     PrefixLength {
@@ -153,6 +161,7 @@ pub fn to_proto(r: &FlowRecord, agent_id: &str) -> proto::FlowRecord {
         iface_in: r.iface_in.clone(),
         iface_out: r.iface_out.clone(),
         next_hop: opt_addr_to_bytes(r.next_hop),
+        mac_src: r.src_mac.to_vec(),
         packets: r.packets,
         bytes: r.bytes,
         start_ns: time_to_ns(r.start),
@@ -205,6 +214,16 @@ pub fn from_proto(m: proto::FlowRecord) -> Result<FlowRecord, Error> {
         iface_in: m.iface_in,
         iface_out: m.iface_out,
         next_hop: opt_addr_from_bytes("next_hop", &m.next_hop)?,
+        src_mac: match m.mac_src.len() {
+            0 => [0; 6],
+            6 => m.mac_src[..6].try_into().unwrap_or([0; 6]),
+            len => {
+                return Err(Error::MacLength {
+                    field: "mac_src",
+                    len,
+                });
+            }
+        },
         packets: m.packets,
         bytes: m.bytes,
         start: time_from_ns(m.start_ns),
@@ -291,6 +310,7 @@ pub(crate) mod tests {
             iface_in: Some("eth1".into()),
             iface_out: Some("eth0".into()),
             next_hop: Some(Ipv4Addr::new(198, 51, 100, 1).into()),
+            src_mac: [0x52, 0x54, 0, 0x12, 0x34, n as u8],
             packets: 10 + n,
             bytes: 1500 * (10 + n),
             start: t,
@@ -334,6 +354,7 @@ pub(crate) mod tests {
             iface_in: None,
             iface_out: None,
             next_hop: None,
+            src_mac: [0; 6],
             enrichment: Enrichment {
                 // A zero-length prefix (default route) is not "no prefix".
                 net_src: Some((Ipv4Addr::UNSPECIFIED.into(), 0)),
