@@ -50,6 +50,9 @@ fn pmacct_total(output: &Path) -> u64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     Nothing,
+    /// A no-op native XDP program: on veth, attaching native XDP moves
+    /// receive onto a NAPI ring, which costs by itself.
+    NoopXdp,
     Flowagent,
     Pmacctd,
     Both,
@@ -70,6 +73,15 @@ fn run_once(
     packets: u64,
 ) -> RunResult {
     let sampling_arg = sampling.to_string();
+    let noop = (variant == Variant::NoopXdp).then(|| {
+        super::kernel::attach(
+            lab.obs.name(),
+            "gb",
+            flowagent_common::names::PROG_NOOP,
+            1,
+            1024,
+        )
+    });
     let agent = matches!(variant, Variant::Flowagent | Variant::Both).then(|| {
         Agent::start(
             &lab.obs,
@@ -94,6 +106,7 @@ fn run_once(
     // Let softirq and the consumers finish the backlog before reading CPU.
     std::thread::sleep(Duration::from_millis(300));
     let cpu = busy_seconds() - before;
+    drop(noop);
     RunResult {
         cpu_per_mpkt: cpu / (packets as f64 / 1e6),
         flowagent_total: agent.map(|a| a.stop().sum("packets", |_| true)),
@@ -116,6 +129,7 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
         let mut results: Vec<(Variant, Vec<RunResult>)> = Vec::new();
         for variant in [
             Variant::Nothing,
+            Variant::NoopXdp,
             Variant::Flowagent,
             Variant::Pmacctd,
             Variant::Both,
@@ -174,6 +188,35 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
             baseline: Some(("pmacctd".into(), pm_m)),
             target: Some(("<= 0.1 x pmacctd".into(), fa_m <= 0.1 * pm_m)),
             samples: fa,
+            conditions: conditions.clone(),
+        });
+        let noop = above(Variant::NoopXdp);
+        let noop_m = median(&noop);
+        let fa_noop: Vec<f64> = cpu(Variant::Flowagent)
+            .iter()
+            .map(|c| c - base - noop_m)
+            .collect();
+        figures.push(Figure {
+            section: SECTION,
+            name: format!("no-op native XDP program above nothing (veth NAPI path), {rate}"),
+            value: noop_m,
+            unit: "CPU-s per Mpkt",
+            baseline: None,
+            target: None,
+            samples: noop,
+            conditions: conditions.clone(),
+        });
+        let fa_noop_m = median(&fa_noop);
+        figures.push(Figure {
+            section: SECTION,
+            name: format!(
+                "flowagent above the no-op XDP program (its program, drain and output), {rate}"
+            ),
+            value: fa_noop_m,
+            unit: "CPU-s per Mpkt",
+            baseline: Some(("pmacctd".into(), pm_m)),
+            target: Some(("<= 0.1 x pmacctd".into(), fa_noop_m <= 0.1 * pm_m)),
+            samples: fa_noop,
             conditions: conditions.clone(),
         });
         figures.push(Figure {
