@@ -289,53 +289,18 @@ impl Drainer {
         let end = SystemTime::now();
         let clock = self.maps.clock.snapshot()?;
         let mut records = Vec::new();
-        let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
-        let cpus = self.cpus;
-        let mut per_cpu = Vec::with_capacity(cpus);
-        let read_values = |value: &[u8], per_cpu: &mut Vec<FlowStats>| {
-            per_cpu.clear();
-            for cpu in 0..cpus {
-                // SAFETY: the kernel wrote `cpus` values of `stride` bytes;
-                // FlowStats is Pod, so any bytes are a valid value.
-                per_cpu.push(unsafe {
-                    std::ptr::read_unaligned(value[cpu * stride..].as_ptr() as *const FlowStats)
-                });
-            }
-        };
-        let n4 = sys::lookup_and_delete_all(
+        let n4 = self.drain_map::<FlowKeyV4>(
             self.maps.v4[old as usize].fd().as_fd(),
-            std::mem::size_of::<FlowKeyV4>(),
-            stride * cpus,
-            |k, v| {
-                // SAFETY: the key is size_of::<FlowKeyV4>() bytes of a Pod type.
-                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV4) };
-                read_values(v, &mut per_cpu);
-                if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    records.push(self.record(KeyParts::from(&key), &stats, &clock));
-                }
-            },
-        )
-        .map_err(|source| Error::Syscall {
-            what: "draining the IPv4 flow map",
-            source,
-        })?;
-        let n6 = sys::lookup_and_delete_all(
+            "draining the IPv4 flow map",
+            &clock,
+            &mut records,
+        )?;
+        let n6 = self.drain_map::<FlowKeyV6>(
             self.maps.v6[old as usize].fd().as_fd(),
-            std::mem::size_of::<FlowKeyV6>(),
-            stride * cpus,
-            |k, v| {
-                // SAFETY: the key is size_of::<FlowKeyV6>() bytes of a Pod type.
-                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const FlowKeyV6) };
-                read_values(v, &mut per_cpu);
-                if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    records.push(self.record(KeyParts::from(&key), &stats, &clock));
-                }
-            },
-        )
-        .map_err(|source| Error::Syscall {
-            what: "draining the IPv6 flow map",
-            source,
-        })?;
+            "draining the IPv6 flow map",
+            &clock,
+            &mut records,
+        )?;
         let counters = self.take_counters(old)?;
         debug!(
             "drained slot {old}: {n4} IPv4 + {n6} IPv6 entries in {:?} (barrier {barrier:?})",
@@ -351,6 +316,38 @@ impl Drainer {
             dropped_records: self.dropped_records,
             sampling_rate: self.sampling_rate,
         })
+    }
+
+    /// Reads and empties one (quiescent) flow map, appending a record per flow.
+    fn drain_map<K: aya::Pod>(
+        &self,
+        map: std::os::fd::BorrowedFd<'_>,
+        what: &'static str,
+        clock: &Snapshot,
+        records: &mut Vec<FlowRecord>,
+    ) -> Result<usize, Error>
+    where
+        for<'k> KeyParts: From<&'k K>,
+    {
+        let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
+        let cpus = self.cpus;
+        let mut per_cpu = Vec::with_capacity(cpus);
+        sys::lookup_and_delete_all(map, std::mem::size_of::<K>(), stride * cpus, |k, v| {
+            // SAFETY: the key is size_of::<K>() bytes of a Pod type.
+            let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const K) };
+            per_cpu.clear();
+            for cpu in 0..cpus {
+                // SAFETY: the kernel wrote `cpus` values of `stride` bytes;
+                // FlowStats is Pod, so any bytes are a valid value.
+                per_cpu.push(unsafe {
+                    std::ptr::read_unaligned(v[cpu * stride..].as_ptr() as *const FlowStats)
+                });
+            }
+            if let Some(stats) = merge_per_cpu(&per_cpu) {
+                records.push(self.record(KeyParts::from(&key), &stats, clock));
+            }
+        })
+        .map_err(|source| Error::Syscall { what, source })
     }
 
     /// Sums and zeroes the counters of `slot` (quiescent after the barrier).
