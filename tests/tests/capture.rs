@@ -309,68 +309,49 @@ fn xdp_counts_exact_flows() {
     }
 }
 
+/// Runs the agent on `gb` with `mode_args`, sends the standard mix (from the
+/// generator, or out of `gb` itself for egress) and checks every flow.
+fn mix_through(tag: &str, mode_args: &[&str], direction: &str) -> Output {
+    let lab = Lab::new(tag);
+    let mut args = vec!["--iface", "gb", "--interval", "60"];
+    args.extend_from_slice(mode_args);
+    let agent = Agent::start(&lab.obs, &args);
+    let mix = standard_mix();
+    let sender = if direction == "egress" {
+        // Frames leave the observed namespace through gb: the egress hook sees them.
+        Sender::new(lab.obs.name(), "gb")
+    } else {
+        Sender::new(lab.gen_ns.name(), "ga")
+    };
+    send_mix(&sender, &mix);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    check_mix(&out, &mix, "gb", direction);
+    out
+}
+
 #[test]
 fn xdp_generic_counts_exact_flows() {
-    let lab = Lab::new("xdpg");
-    let agent = Agent::start(
-        &lab.obs,
-        &["--iface", "gb", "--mode", "xdp-generic", "--interval", "60"],
-    );
+    let out = mix_through("xdpg", &["--mode", "xdp-generic"], "ingress");
     assert!(
-        agent.log().contains("attached generic XDP to gb"),
+        out.log.contains("attached generic XDP to gb"),
         "{}",
-        agent.log()
+        out.log
     );
-    let mix = standard_mix();
-    send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
-    std::thread::sleep(Duration::from_millis(300));
-    check_mix(&agent.stop(), &mix, "gb", "ingress");
 }
 
 #[test]
 fn tc_ingress_counts_exact_flows() {
-    let lab = Lab::new("tci");
-    let agent = Agent::start(
-        &lab.obs,
-        &[
-            "--iface",
-            "gb",
-            "--mode",
-            "tc",
-            "--direction",
-            "ingress",
-            "--interval",
-            "60",
-        ],
+    mix_through(
+        "tci",
+        &["--mode", "tc", "--direction", "ingress"],
+        "ingress",
     );
-    let mix = standard_mix();
-    send_mix(&Sender::new(lab.gen_ns.name(), "ga"), &mix);
-    std::thread::sleep(Duration::from_millis(300));
-    check_mix(&agent.stop(), &mix, "gb", "ingress");
 }
 
 #[test]
 fn tc_egress_counts_exact_flows() {
-    let lab = Lab::new("tce");
-    let agent = Agent::start(
-        &lab.obs,
-        &[
-            "--iface",
-            "gb",
-            "--mode",
-            "tc",
-            "--direction",
-            "egress",
-            "--interval",
-            "60",
-        ],
-    );
-    // Frames leave the observed namespace through gb: the egress hook sees them.
-    let mix = standard_mix();
-    send_mix(&Sender::new(lab.obs.name(), "gb"), &mix);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = agent.stop();
-    check_mix(&out, &mix, "gb", "egress");
+    let out = mix_through("tce", &["--mode", "tc", "--direction", "egress"], "egress");
     // Locally sent: no ingress interface.
     assert!(
         out.flows.iter().all(|f| f["iface_in"].is_null()),
