@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod flood;
 pub mod grpc;
 pub mod kernel;
+pub mod lpm;
 pub mod report;
 pub mod rib;
 pub mod trafgen;
@@ -45,11 +46,13 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("rib") {
         eprintln!("bench: RIB");
         figures.extend(rib::run(&scratch.0, quick));
+        figures.extend(lpm::run(quick));
     }
     if want("e2e") {
         eprintln!("bench: end to end against pmacctd");
         figures.extend(e2e::run(&scratch.0, quick));
     }
+    std::fs::create_dir_all(out_dir).expect("create the output directory");
     let json = report::to_json(&machine, &figures);
     std::fs::write(
         out_dir.join("bench-results.json"),
