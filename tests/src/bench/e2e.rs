@@ -22,8 +22,11 @@ const SRC_LOW_AT: usize = 14 + 12 + 2;
 
 /// Writes pmacctd's config for the comparison run and returns its output file.
 fn pmacct_config(dir: &Path, sampling: u32) -> (std::path::PathBuf, std::path::PathBuf) {
-    let output = dir.join("pmacct.jsonl");
-    let _ = std::fs::remove_file(&output);
+    // A new output file per run: a print plugin of an earlier run that is
+    // still flushing must not add its lines to this run's total.
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let output = dir.join(format!("pmacct-{run}.jsonl"));
     let conf = dir.join("pmacctd.conf");
     let mut text = format!(
         "daemonize: false\npcap_interface: gb\naggregate: src_host, dst_host, src_port, dst_port, proto\n\
