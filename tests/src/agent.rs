@@ -137,13 +137,7 @@ impl Agent {
 
     /// The agent's resident set size in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        crate::procfs::rss_kib(self.pid())
     }
 
     /// The agent's stderr so far.

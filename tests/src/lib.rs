@@ -14,4 +14,5 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod peers;
+pub mod procfs;
 pub mod send;

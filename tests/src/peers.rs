@@ -116,24 +116,20 @@ impl Pmacctd {
     /// Summed RSS of the core and plugin processes, MiB.
     pub fn rss_mib(&self) -> f64 {
         let pgid = self.group();
-        let mut kib = 0u64;
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
-                continue;
-            }
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            kib += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        let kib: u64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // Fields after the command: state, ppid, pgrp.
+                crate::procfs::stat_fields(*pid)
+                    .get(2)
+                    .and_then(|g| g.parse::<i32>().ok())
+                    == Some(pgid)
+            })
+            .map(crate::procfs::rss_kib)
+            .sum();
         kib as f64 / 1024.0
     }
 

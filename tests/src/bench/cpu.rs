@@ -2,7 +2,7 @@
 //! softirq), so that softirq work done on behalf of any process is counted.
 
 /// Clock ticks per second of /proc/stat (USER_HZ).
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }

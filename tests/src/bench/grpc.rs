@@ -53,17 +53,13 @@ fn record(n: u64) -> FlowRecord {
     }
 }
 
+/// User + system CPU-seconds of process `pid`.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = crate::procfs::stat_fields(pid);
     // utime and stime are fields 14 and 15 (1-based), 11 and 12 after ')'.
     let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    ticks as f64 / super::cpu::ticks_per_second()
 }
 
 fn lo_bytes() -> u64 {

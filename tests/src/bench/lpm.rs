@@ -13,20 +13,9 @@ use flowagent::rib::{AsSegment, PathAttrs, Rib, RibHandle, RibUpdate};
 use ipnet::{IpNet, Ipv4Net};
 use prefix_trie::PrefixMap;
 
-use super::report::Figure;
+use super::{Rng, report::Figure};
 
 const SECTION: &str = "RIB";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// A DFZ-like IPv4 prefix: mostly /24, some shorter.
 fn v4(rng: &mut Rng) -> Ipv4Net {

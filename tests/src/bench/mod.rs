@@ -16,6 +16,19 @@ use std::path::Path;
 
 use crate::agent::TempDir;
 
+/// A seeded xorshift64* generator: the same synthetic tables every run.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    /// The next pseudo-random value.
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 /// Runs every section (or only the one named) and writes the two result
 /// files into `out_dir`.
 pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {

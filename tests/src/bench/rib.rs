@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::report::Figure;
+use super::{Rng, report::Figure};
 use crate::{
     agent::Agent,
     lab::quiet_netns,
@@ -24,17 +24,6 @@ use crate::{
 const SECTION: &str = "RIB";
 const AGENT_PORT: u16 = 17917;
 const PMACCT_PORT: u16 = 17918;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// Distinct AS paths in the table. A DFZ view from one peer has about 75k
 /// origin ASes, most reached over one path, so prefixes share paths (the
@@ -118,15 +107,6 @@ fn bird_config(statics: &str) -> String {
         session("agent", AGENT_PORT),
         session("pmacct", PMACCT_PORT)
     )
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Routes BIRD says it exported on protocol `name`.
@@ -242,7 +222,7 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
     // Let pmacctd take in what BIRD has sent.
     std::thread::sleep(Duration::from_secs(3));
     let agent_rss = agent.rss_kib() as f64 / 1024.0;
-    let bird_rss = rss_mib(bird.pid());
+    let bird_rss = crate::procfs::rss_kib(bird.pid()) as f64 / 1024.0;
     let pmacct_rss = pmacct.rss_mib();
     let agent_done = agent_done.unwrap().as_secs_f64();
     let conditions = format!(
