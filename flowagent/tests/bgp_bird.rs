@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Agent, Bird, Route, wait_for};
+use common::{Agent, Bird, Route, assert_reference_table, route, wait_for};
 
 fn ebgp_config(bird_port: u16, agent_port: u16, statics: &str) -> String {
     format!(
@@ -71,17 +71,6 @@ async fn bgp_routes(socket: &std::path::Path, query: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn route(prefix: &str, path: &[u32], nh: &str) -> Route {
-    Route {
-        prefix: prefix.into(),
-        path: path.to_vec(),
-        next_hop: Some(nh.into()),
-        communities: vec![],
-        large: vec![],
-        local_pref: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bird_ebgp_routes_changes_and_restart() {
     if !Bird::available() {
@@ -94,28 +83,7 @@ async fn bird_ebgp_routes_changes_and_restart() {
     assert_eq!(agent.state("127.0.0.1"), "established");
 
     // Longest prefix: the /24 inside the /16 has its own origin.
-    assert_eq!(
-        agent.route("10.0.5.9"),
-        Some(route("10.0.5.0/24", &[65001, 65020, 65021], "192.0.2.1"))
-    );
-    assert_eq!(
-        agent.route("10.0.6.1"),
-        Some(Route {
-            communities: vec![(65001 << 16) | 100],
-            large: vec![[65001, 1, 2]],
-            ..route("10.0.0.0/16", &[65001, 65010], "192.0.2.1")
-        })
-    );
-    assert_eq!(
-        agent.route("2001:db8:100:5::1"),
-        Some(route("2001:db8:100:5::/64", &[65001, 65040], "2001:db8::1"))
-    );
-    assert_eq!(
-        agent.route("2001:db8:100:6::1"),
-        Some(route("2001:db8:100::/48", &[65001, 65030], "2001:db8::1"))
-    );
-    assert_eq!(agent.route("10.1.0.1"), None);
-    assert_eq!(agent.route("2001:db8:101::1"), None);
+    assert_reference_table(&agent);
 
     // `flowagent bgp routes` against the agent's socket.
     let socket =

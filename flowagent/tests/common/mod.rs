@@ -127,6 +127,47 @@ pub struct Route {
     pub local_pref: Option<u32>,
 }
 
+/// A route with no communities and no LOCAL_PREF.
+pub fn route(prefix: &str, path: &[u32], nh: &str) -> Route {
+    Route {
+        prefix: prefix.into(),
+        path: path.to_vec(),
+        next_hop: Some(nh.into()),
+        communities: vec![],
+        large: vec![],
+        local_pref: None,
+    }
+}
+
+/// The lookups every peer's copy of the reference table must give (BIRD,
+/// GoBGP and FRR announce the same routes): the /24 inside the /16 with
+/// its own origin, communities on the /16, an IPv6 /64 inside a /48, and
+/// nothing for uncovered addresses.
+pub fn assert_reference_table(agent: &Agent) {
+    assert_eq!(
+        agent.route("10.0.5.9"),
+        Some(route("10.0.5.0/24", &[65001, 65020, 65021], "192.0.2.1"))
+    );
+    assert_eq!(
+        agent.route("10.0.6.1"),
+        Some(Route {
+            communities: vec![(65001 << 16) | 100],
+            large: vec![[65001, 1, 2]],
+            ..route("10.0.0.0/16", &[65001, 65010], "192.0.2.1")
+        })
+    );
+    assert_eq!(
+        agent.route("2001:db8:100:5::1"),
+        Some(route("2001:db8:100:5::/64", &[65001, 65040], "2001:db8::1"))
+    );
+    assert_eq!(
+        agent.route("2001:db8:100:6::1"),
+        Some(route("2001:db8:100::/48", &[65001, 65030], "2001:db8::1"))
+    );
+    assert_eq!(agent.route("10.1.0.1"), None);
+    assert_eq!(agent.route("2001:db8:101::1"), None);
+}
+
 /// Polls `f` every 50 ms until it is true; panics with `what` after `secs`.
 pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
