@@ -26,7 +26,8 @@ use crate::agent::TempDir;
 
 const SECTION: &str = "gRPC export";
 
-fn record(n: u64) -> FlowRecord {
+/// A drained-looking record, distinct per `n`.
+pub(super) fn record(n: u64) -> FlowRecord {
     let t = SystemTime::now();
     FlowRecord {
         src: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n as u32)),

@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod drain;
 pub mod e2e;
+pub mod fanout;
 pub mod flood;
 pub mod grpc;
 pub mod kernel;
@@ -55,6 +56,7 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("grpc") {
         eprintln!("bench: gRPC export");
         figures.extend(grpc::run(quick));
+        figures.extend(fanout::run(quick));
     }
     if want("rib") {
         eprintln!("bench: RIB");
