@@ -1,6 +1,7 @@
-//! `cargo xtask bench [--quick]`: release build of the agent and of the
+//! `cargo xtask bench [--quick] [--only SECTION]`: release build of the agent and of the
 //! benchmark runner (tests/src/bench), then the runner as root. It writes
-//! BENCHMARKS.md and bench-results.json at the workspace root.
+//! BENCHMARKS.md and bench-results.json at the workspace root (under
+//! target/bench-SECTION with `--only`).
 
 use std::process::Command;
 
@@ -16,6 +17,9 @@ pub struct Options {
     /// A short run (under 3 minutes) for CI: fewer packets and repetitions.
     #[arg(long)]
     pub quick: bool,
+    /// Run one section only: kernel, test-run, drain, flood, grpc, rib or e2e.
+    #[arg(long, value_name = "SECTION")]
+    pub only: Option<String>,
 }
 
 /// Builds and runs the benchmark.
@@ -42,11 +46,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         sudo.arg("-E").arg(&runner);
         sudo
     };
+    // A one-section run writes under target/ so it never replaces the
+    // committed results of a full run.
+    let out = match &opts.only {
+        Some(section) => format!("target/bench-{section}"),
+        None => ".".to_owned(),
+    };
     cmd.current_dir(workspace_root())
         .env("FLOWAGENT_BIN", &agent)
-        .args(["--out", "."]);
+        .args(["--out", &out]);
     if opts.quick {
         cmd.arg("--quick");
+    }
+    if let Some(section) = &opts.only {
+        cmd.args(["--only", section]);
     }
     run_cmd(&mut cmd)
 }

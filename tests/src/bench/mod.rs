@@ -30,8 +30,11 @@ impl Rng {
     }
 }
 
-/// Runs every section (or only the one named) and writes the two result
-/// files into `out_dir`.
+/// The sections, in the order they run.
+pub const SECTIONS: &[&str] = &["kernel", "test-run", "drain", "flood", "grpc", "rib", "e2e"];
+
+/// Runs every section (or only the one named, which must be one of
+/// [`SECTIONS`]) and writes the two result files into `out_dir`.
 pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     let want = |section: &str| only.is_none_or(|o| o == section);
     let machine = report::Machine::read(quick);

@@ -1,6 +1,6 @@
 //! The benchmark runner behind `cargo xtask bench` (needs root).
 //!
-//! Usage: flowagent-bench [--quick] [--out DIR] [--only kernel|test-run|drain|e2e]
+//! Usage: flowagent-bench [--quick] [--out DIR] [--only SECTION]
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -15,11 +15,19 @@ fn main() {
             "--only" => only = Some(args.next().expect("--only SECTION")),
             other => {
                 eprintln!(
-                    "flowagent-bench: unknown argument {other:?}; usage: flowagent-bench [--quick] [--out DIR]"
+                    "flowagent-bench: unknown argument {other:?}; usage: flowagent-bench [--quick] [--out DIR] [--only SECTION]"
                 );
                 std::process::exit(2);
             }
         }
+    }
+    let sections = flowagent_tests::bench::SECTIONS;
+    if let Some(s) = only.as_deref().filter(|s| !sections.contains(s)) {
+        eprintln!(
+            "flowagent-bench: unknown section {s:?}; sections: {}",
+            sections.join(", ")
+        );
+        std::process::exit(2);
     }
     flowagent_tests::bench::run(&out, quick, only.as_deref());
 }
