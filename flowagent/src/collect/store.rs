@@ -38,9 +38,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::export::{
-    grpc::{convert, proto},
-    jsonl,
+use crate::{
+    enrich::BgpAttrs,
+    export::{
+        grpc::{convert, proto},
+        jsonl,
+    },
+    flow::{Enrichment, FlowRecord},
 };
 
 /// Epochs (agent runs) remembered per agent for dedupe.
@@ -186,6 +190,19 @@ struct DroppedLine<'a> {
     timestamp_end: String,
 }
 
+/// The routing fields to write for a record: those of an agent with routing
+/// configured, when the record carries any routing information (the API
+/// does not say whether the agent had routing on; a record of an agent
+/// with routing that matched nothing is written without them). AS paths
+/// and communities only when present.
+fn routing_of(r: &FlowRecord) -> Option<BgpAttrs> {
+    let e = &r.enrichment;
+    (*e != Enrichment::default()).then(|| BgpAttrs {
+        as_path: !e.as_path.is_empty(),
+        communities: !e.communities.is_empty() || !e.large_communities.is_empty(),
+    })
+}
+
 /// Appends one batch's lines to `out`. Fails before writing anything when a
 /// record does not convert.
 fn write_batch(out: &mut impl io::Write, batch: &proto::FlowBatch) -> Result<(), Error> {
@@ -205,8 +222,9 @@ fn write_batch(out: &mut impl io::Write, batch: &proto::FlowBatch) -> Result<(),
         path: PathBuf::new(),
         source,
     };
+    let mut line = Vec::with_capacity(1024);
     for r in &records {
-        jsonl::write_flow_line(out, r, Some(agent), None).map_err(line_err)?;
+        jsonl::write_flow_line(out, &mut line, r, Some(agent), routing_of(r)).map_err(line_err)?;
     }
     for c in &batch.counters {
         jsonl::write_counters_line(out, &convert::counters_from_proto(c), Some(agent))
@@ -512,6 +530,15 @@ mod tests {
         assert_eq!(all[0]["agent_id"], "a");
         assert_eq!(all[0]["event_type"], "purge");
         assert_eq!(all[0]["ip_dst"], "2001:db8::1");
+        // Records carrying routing information keep it in the files.
+        let e = full_record(0).enrichment;
+        assert_eq!(all[0]["as_src"], e.as_src);
+        assert_eq!(all[0]["peer_as_dst"], e.peer_as_dst);
+        let (net, len) = e.net_dst.unwrap();
+        assert_eq!(all[0]["net_dst"], net.to_string());
+        assert_eq!(all[0]["mask_dst"], len);
+        let path: Vec<String> = e.as_path.iter().map(u32::to_string).collect();
+        assert_eq!(all[0]["as_path"], path.join("_"));
         assert_eq!(all[5]["event_type"], "dropped");
         assert_eq!(all[5]["dropped_records"], 5);
         assert_eq!(all[6]["agent_id"], "b");

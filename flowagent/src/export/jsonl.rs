@@ -8,7 +8,6 @@
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
-    net::IpAddr,
     path::PathBuf,
     time::SystemTime,
 };
@@ -17,6 +16,7 @@ use flowagent_common::Counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::flow_line;
 use crate::{config::Output, drain::Batch, enrich::BgpAttrs, flow::FlowRecord};
 
 /// Output errors.
@@ -58,152 +58,8 @@ pub fn proto_name(proto: u8) -> Option<&'static str> {
     })
 }
 
-/// `ip_proto`: the name where known, else the number.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Proto {
-    Name(&'static str),
-    Number(u8),
-}
-
-/// `aa:bb:cc:dd:ee:ff`, as pmacct prints MAC addresses.
-fn mac(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
-}
-
-#[derive(Serialize)]
-struct FlowLine<'a> {
-    event_type: &'static str,
-    /// Set by the collector, which writes the records of many agents.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    agent_id: Option<&'a str>,
-    ip_src: IpAddr,
-    ip_dst: IpAddr,
-    port_src: u16,
-    port_dst: u16,
-    ip_proto: Proto,
-    tos: u8,
-    tcp_flags: u8,
-    mac_src: String,
-    iface_in: Option<&'a str>,
-    iface_out: Option<&'a str>,
-    ifindex: u32,
-    direction: &'static str,
-    vlan: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer_ip_dst: Option<IpAddr>,
-    packets: u64,
-    bytes: u64,
-    timestamp_start: String,
-    timestamp_end: String,
-    sampling_rate: u32,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    routing: Option<RoutingFields>,
-}
-
-/// The routing fields, pmacct names; written when routing is configured.
-#[derive(Serialize)]
-struct RoutingFields {
-    as_src: u32,
-    as_dst: u32,
-    peer_as_src: u32,
-    peer_as_dst: u32,
-    /// Matched prefix, or the unspecified address when none matched (as pmacct).
-    net_src: IpAddr,
-    mask_src: u8,
-    net_dst: IpAddr,
-    mask_dst: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bgp_nexthop: Option<IpAddr>,
-    /// ASes joined by `_`, as pmacct prints them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    as_path: Option<String>,
-    /// `asn:value` joined by `_`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    comms: Option<String>,
-    /// `global:local1:local2` joined by `_`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lcomms: Option<String>,
-}
-
-fn unspecified_like(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-    }
-}
-
-impl RoutingFields {
-    fn new(r: &FlowRecord, attrs: BgpAttrs) -> Self {
-        let e = &r.enrichment;
-        let join = |v: Vec<String>| v.join("_");
-        RoutingFields {
-            as_src: e.as_src,
-            as_dst: e.as_dst,
-            peer_as_src: e.peer_as_src,
-            peer_as_dst: e.peer_as_dst,
-            net_src: e.net_src.map_or(unspecified_like(r.src), |n| n.0),
-            mask_src: e.net_src.map_or(0, |n| n.1),
-            net_dst: e.net_dst.map_or(unspecified_like(r.dst), |n| n.0),
-            mask_dst: e.net_dst.map_or(0, |n| n.1),
-            bgp_nexthop: e.bgp_nexthop,
-            as_path: attrs
-                .as_path
-                .then(|| join(e.as_path.iter().map(u32::to_string).collect())),
-            comms: attrs.communities.then(|| {
-                join(
-                    e.communities
-                        .iter()
-                        .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
-                        .collect(),
-                )
-            }),
-            lcomms: attrs.communities.then(|| {
-                join(
-                    e.large_communities
-                        .iter()
-                        .map(|[a, b, c]| format!("{a}:{b}:{c}"))
-                        .collect(),
-                )
-            }),
-        }
-    }
-}
-
-impl<'a> From<&'a FlowRecord> for FlowLine<'a> {
-    fn from(r: &'a FlowRecord) -> Self {
-        FlowLine {
-            event_type: "purge",
-            agent_id: None,
-            ip_src: r.src,
-            ip_dst: r.dst,
-            port_src: r.src_port,
-            port_dst: r.dst_port,
-            ip_proto: proto_name(r.proto).map_or(Proto::Number(r.proto), Proto::Name),
-            tos: r.tos,
-            tcp_flags: r.tcp_flags,
-            mac_src: mac(r.src_mac),
-            iface_in: r.iface_in.as_deref(),
-            iface_out: r.iface_out.as_deref(),
-            ifindex: r.ifindex,
-            direction: r.direction.as_str(),
-            vlan: r.vlan,
-            peer_ip_dst: r.next_hop,
-            packets: r.packets,
-            bytes: r.bytes,
-            timestamp_start: rfc3339(r.start),
-            timestamp_end: rfc3339(r.end),
-            sampling_rate: r.sampling_rate,
-            routing: None,
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -225,20 +81,17 @@ struct CountersLine<'a> {
 
 /// Writes one flow record as a JSON line, with `agent_id` when given (the
 /// collector's files hold many agents' records) and the routing fields when
-/// `routing` says which.
+/// `routing` says which. `line` is scratch space, reused between calls.
 pub fn write_flow_line(
     out: &mut impl Write,
+    line: &mut Vec<u8>,
     record: &FlowRecord,
     agent_id: Option<&str>,
     routing: Option<BgpAttrs>,
 ) -> io::Result<()> {
-    let line = FlowLine {
-        agent_id,
-        routing: routing.map(|attrs| RoutingFields::new(record, attrs)),
-        ..FlowLine::from(record)
-    };
-    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
-    out.write_all(b"\n")
+    line.clear();
+    flow_line::push(line, record, agent_id, routing);
+    out.write_all(line)
 }
 
 /// Writes the counters of one interval (`batch`'s records are ignored) as a
@@ -275,6 +128,8 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
 /// Writes batches as JSON lines.
 pub struct JsonlWriter<W: Write = Box<dyn Write + Send>> {
     out: BufWriter<W>,
+    /// Scratch space for one line.
+    line: Vec<u8>,
     /// Write the routing fields (and which optional ones), `None` without routing.
     routing: Option<BgpAttrs>,
 }
@@ -304,6 +159,7 @@ impl<W: Write> JsonlWriter<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: BufWriter::with_capacity(64 * 1024, out),
+            line: Vec::with_capacity(1024),
             routing: None,
         }
     }
@@ -318,7 +174,7 @@ impl<W: Write> JsonlWriter<W> {
     /// Writes one batch and flushes it.
     pub fn write_batch(&mut self, batch: &Batch) -> Result<(), Error> {
         for record in &batch.records {
-            write_flow_line(&mut self.out, record, None, self.routing)?;
+            write_flow_line(&mut self.out, &mut self.line, record, None, self.routing)?;
         }
         write_counters_line(&mut self.out, batch, None)?;
         self.out.flush()?;
@@ -343,6 +199,13 @@ mod tests {
 
     use super::*;
     use crate::{drain::Counters, flow::FlowDirection};
+
+    /// The line `write_flow_line` writes for `r`, parsed.
+    fn line_of(r: &FlowRecord) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_flow_line(&mut out, &mut Vec::new(), r, None, None).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
 
     #[test]
     fn flow_line_uses_pmacct_names() {
@@ -370,7 +233,7 @@ mod tests {
             sampling_rate: 1,
             enrichment: Default::default(),
         };
-        let json = serde_json::to_value(FlowLine::from(&r)).unwrap();
+        let json = line_of(&r);
         assert_eq!(
             json,
             serde_json::json!({
@@ -383,10 +246,7 @@ mod tests {
             })
         );
         let unnamed = FlowRecord { proto: 253, ..r };
-        assert_eq!(
-            serde_json::to_value(FlowLine::from(&unnamed)).unwrap()["ip_proto"],
-            253
-        );
+        assert_eq!(line_of(&unnamed)["ip_proto"], 253);
     }
 
     #[test]

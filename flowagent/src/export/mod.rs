@@ -2,6 +2,7 @@
 //! exporters to collectors and live subscriptions. [`fan_out`] hands every
 //! batch to all of them.
 
+pub mod flow_line;
 pub mod grpc;
 pub mod jsonl;
 
