@@ -210,7 +210,7 @@ fn write_batch(out: &mut impl io::Write, batch: &proto::FlowBatch) -> Result<(),
     let records = batch
         .records
         .iter()
-        .map(|m| convert::from_proto(m.clone()))
+        .map(convert::from_proto)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| Error::BadRecord {
             agent_id: batch.agent_id.clone(),
@@ -427,7 +427,7 @@ impl Store {
 /// on its own instead of failing a group commit.
 pub fn check_batch(batch: &proto::FlowBatch) -> Result<(), Error> {
     for m in &batch.records {
-        convert::from_proto(m.clone()).map_err(|source| Error::BadRecord {
+        convert::from_proto(m).map_err(|source| Error::BadRecord {
             agent_id: batch.agent_id.clone(),
             batch_id: batch.batch_id,
             source,

@@ -194,7 +194,7 @@ pub fn to_proto(r: &FlowRecord, agent_id: &str) -> proto::FlowRecord {
 }
 
 /// The record of a message (its `agent_id` is not part of [`FlowRecord`]).
-pub fn from_proto(m: proto::FlowRecord) -> Result<FlowRecord, Error> {
+pub fn from_proto(m: &proto::FlowRecord) -> Result<FlowRecord, Error> {
     let direction = match m.direction() {
         proto::Direction::Egress => FlowDirection::Egress,
         proto::Direction::Ingress | proto::Direction::Unspecified => FlowDirection::Ingress,
@@ -211,8 +211,8 @@ pub fn from_proto(m: proto::FlowRecord) -> Result<FlowRecord, Error> {
         ifindex: m.ifindex,
         direction,
         other_ifindex: m.other_ifindex,
-        iface_in: m.iface_in,
-        iface_out: m.iface_out,
+        iface_in: m.iface_in.as_deref().map(Into::into),
+        iface_out: m.iface_out.as_deref().map(Into::into),
         next_hop: opt_addr_from_bytes("next_hop", &m.next_hop)?,
         src_mac: match m.mac_src.len() {
             0 => [0; 6],
@@ -237,11 +237,11 @@ pub fn from_proto(m: proto::FlowRecord) -> Result<FlowRecord, Error> {
             net_src: prefix_from_parts("net_src", &m.net_src, m.mask_src)?,
             net_dst: prefix_from_parts("net_dst", &m.net_dst, m.mask_dst)?,
             bgp_nexthop: opt_addr_from_bytes("bgp_nexthop", &m.bgp_nexthop)?,
-            as_path: m.as_path,
-            communities: m.communities,
+            as_path: m.as_path.clone(),
+            communities: m.communities.clone(),
             large_communities: m
                 .large_communities
-                .into_iter()
+                .iter()
                 .map(|c| [c.global_admin, c.local_data1, c.local_data2])
                 .collect(),
         },
@@ -344,7 +344,7 @@ pub(crate) mod tests {
         assert_eq!(m.agent_id, "edge-1");
         assert_eq!((m.mask_src, m.mask_dst), (24, 32));
         assert_eq!(m.large_communities[1].global_admin, 4_200_000_000);
-        assert_eq!(from_proto(m).unwrap(), r);
+        assert_eq!(from_proto(&m).unwrap(), r);
     }
 
     #[test]
@@ -367,7 +367,7 @@ pub(crate) mod tests {
         assert_eq!(m.net_src, vec![0, 0, 0, 0]);
         assert_eq!(m.net_dst, Vec::<u8>::new());
         assert_eq!(m.iface_in, None);
-        assert_eq!(from_proto(m).unwrap(), r);
+        assert_eq!(from_proto(&m).unwrap(), r);
     }
 
     #[test]
@@ -376,7 +376,7 @@ pub(crate) mod tests {
         let r = full_record(1);
         let bytes = to_proto(&r, "a").encode_to_vec();
         let m = proto::FlowRecord::decode(bytes.as_slice()).unwrap();
-        assert_eq!(from_proto(m).unwrap(), r);
+        assert_eq!(from_proto(&m).unwrap(), r);
     }
 
     #[test]
@@ -447,14 +447,14 @@ pub(crate) mod tests {
             ),
         ];
         for (m, want) in cases {
-            assert_eq!(from_proto(m).unwrap_err(), want);
+            assert_eq!(from_proto(&m).unwrap_err(), want);
         }
         // Unknown direction values read as ingress.
         let m = proto::FlowRecord {
             direction: 99,
             ..good
         };
-        assert_eq!(from_proto(m).unwrap().direction, FlowDirection::Ingress);
+        assert_eq!(from_proto(&m).unwrap().direction, FlowDirection::Ingress);
     }
 
     #[test]
