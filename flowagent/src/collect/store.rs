@@ -197,7 +197,7 @@ struct DroppedLine<'a> {
 /// and communities only when present.
 fn routing_of(r: &FlowRecord) -> Option<BgpAttrs> {
     let e = &r.enrichment;
-    (*e != Enrichment::default()).then(|| BgpAttrs {
+    (*e != Enrichment::default()).then_some(BgpAttrs {
         as_path: !e.as_path.is_empty(),
         communities: !e.communities.is_empty() || !e.large_communities.is_empty(),
     })
