@@ -355,7 +355,7 @@ mod tests {
             tcp_flags: rng.next() as u8,
             vlan: rng.next() as u16,
             ifindex: rng.next() as u32,
-            direction: if rng.next() % 2 == 0 {
+            direction: if rng.next().is_multiple_of(2) {
                 FlowDirection::Ingress
             } else {
                 FlowDirection::Egress
@@ -363,10 +363,8 @@ mod tests {
             other_ifindex: rng.next() as u32,
             iface_in: name(rng),
             iface_out: name(rng),
-            next_hop: (rng.next() % 2 == 0).then(|| addr(rng)),
-            src_mac: (rng.next() as u64 >> 16).to_be_bytes()[2..]
-                .try_into()
-                .unwrap(),
+            next_hop: (rng.next().is_multiple_of(2)).then(|| addr(rng)),
+            src_mac: (rng.next() >> 16).to_be_bytes()[2..].try_into().unwrap(),
             packets: rng.next(),
             bytes: rng.next(),
             start: t(rng),
@@ -377,9 +375,11 @@ mod tests {
                 as_dst: rng.next() as u32,
                 peer_as_src: rng.next() as u32,
                 peer_as_dst: rng.next() as u32,
-                net_src: (rng.next() % 3 > 0).then(|| (addr(rng), (rng.next() % 129) as u8)),
-                net_dst: (rng.next() % 3 > 0).then(|| (addr(rng), (rng.next() % 129) as u8)),
-                bgp_nexthop: (rng.next() % 2 == 0).then(|| addr(rng)),
+                net_src: (!rng.next().is_multiple_of(3))
+                    .then(|| (addr(rng), (rng.next() % 129) as u8)),
+                net_dst: (!rng.next().is_multiple_of(3))
+                    .then(|| (addr(rng), (rng.next() % 129) as u8)),
+                bgp_nexthop: (rng.next().is_multiple_of(2)).then(|| addr(rng)),
                 as_path: (0..rng.next() % 5).map(|_| rng.next() as u32).collect(),
                 communities: (0..rng.next() % 4).map(|_| rng.next() as u32).collect(),
                 large_communities: (0..rng.next() % 3)
