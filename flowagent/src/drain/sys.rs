@@ -163,12 +163,12 @@ pub enum Walk {
     LookupAndDelete,
 }
 
-/// Entries per batch syscall. On a 1M-entry, 2-CPU IPv4 map (drain bench,
-/// "kernel floor" figures, medians of 3 on a shared 2-core VM) batches of
-/// 64, 256, 1024 and 4096 walked 1.70, 2.04, 2.18 and 1.87 M entries/s:
-/// small batches pay the syscall and the bucket scan restart, large ones a
-/// staging buffer (kvmalloc'd per call, then copied out) that no longer
-/// fits the cache.
+/// Entries per batch syscall. Not a lever: on a 1M-entry, 2-CPU IPv4 map
+/// (drain bench, "kernel floor" figures, medians of 3 on a shared 2-core
+/// VM) batches of 64, 256, 1024 and 4096 walked 2.24, 2.21, 2.24 and 2.29 M
+/// entries/s in the quietest run, 1.70, 2.04, 2.18 and 1.87 in another. The
+/// kernel stages each batch in a buffer it allocates per call, so very large
+/// batches only cost memory.
 pub const BATCH: usize = 1024;
 
 /// Reads (and with [`Walk::LookupAndDelete`] deletes) the entries of a
