@@ -57,6 +57,13 @@ impl IfNames {
         map.get(&index).map(|e| e.name.clone())
     }
 
+    /// A copy of the table, to resolve the indexes of a whole drain without
+    /// taking the lock once per record.
+    pub fn snapshot(&self) -> HashMap<u32, String> {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(i, e)| (*i, e.name.clone())).collect()
+    }
+
     /// The index of the live interface called `name`.
     pub fn index(&self, name: &str) -> Option<u32> {
         let map = self.inner.read().unwrap_or_else(|e| e.into_inner());

@@ -84,13 +84,18 @@ impl KernelClock {
         Ok((read(0)?, read(1)?))
     }
 
-    /// Times two consecutive jiffies changes.
+    /// Times a span of [`SPAN`] jiffies, from just after one tick to just
+    /// after another. Each end is seen up to one poll late (200 us, or a
+    /// few ms when the CPU is busy: two consecutive ticks once measured
+    /// 2.7 ms at HZ 250 on a loaded machine), so the span divides that error
+    /// down, and a span that still matches no HZ is measured again.
     fn measure_hz(&self) -> Result<u64, Error> {
+        const SPAN: u64 = 8;
         let deadline = Instant::now() + Duration::from_secs(2);
-        let next_change = |from: u64| -> Result<(u64, u64), Error> {
+        let reach = |target: u64| -> Result<(u64, u64), Error> {
             loop {
                 let (j, mono) = self.sample()?;
-                if j != from {
+                if j >= target {
                     return Ok((j, mono));
                 }
                 if Instant::now() > deadline {
@@ -99,11 +104,17 @@ impl KernelClock {
                 std::thread::sleep(Duration::from_micros(200));
             }
         };
-        let (j0, _) = self.sample()?;
-        let (j1, t1) = next_change(j0)?;
-        let (j2, t2) = next_change(j1)?;
-        let tick = (t2 - t1) / (j2 - j1).max(1);
-        hz_from_tick(tick).ok_or_else(|| Error::Clock(format!("a tick of {tick} ns matches no HZ")))
+        let mut tick = 0;
+        for _ in 0..3 {
+            let (j0, _) = self.sample()?;
+            let (j1, t1) = reach(j0 + 1)?;
+            let (j2, t2) = reach(j1 + SPAN)?;
+            tick = (t2 - t1) / (j2 - j1).max(1);
+            if let Some(hz) = hz_from_tick(tick) {
+                return Ok(hz);
+            }
+        }
+        Err(Error::Clock(format!("a tick of {tick} ns matches no HZ")))
     }
 
     /// A conversion anchored now.
@@ -133,7 +144,17 @@ pub struct Snapshot {
 impl Snapshot {
     /// The wall-clock time of kernel jiffies `j`.
     pub fn wall(&self, j: u64) -> SystemTime {
-        let delta = (j as i128 - self.jiffies as i128) * 1_000_000_000 / self.hz as i128;
+        // The drain converts two stamps per flow: stay in i64 (a hardware
+        // divide) while the tick delta is small enough, which it always is
+        // within an interval, and fall back to i128 (a libcall) otherwise.
+        // Both truncate toward zero, so they agree wherever both apply.
+        let dj = (j as i128 - self.jiffies as i128) as i64;
+        let delta = match dj.checked_mul(1_000_000_000) {
+            Some(ns) if j as i128 - self.jiffies as i128 == dj as i128 => {
+                (ns / self.hz as i64) as i128
+            }
+            _ => (j as i128 - self.jiffies as i128) * 1_000_000_000 / self.hz as i128,
+        };
         let t = (self.mono_ns as i128 + delta + self.offset_ns).max(0) as u64;
         SystemTime::UNIX_EPOCH + Duration::from_nanos(t)
     }
@@ -171,5 +192,37 @@ mod tests {
         assert_eq!(at(1_000), 1_700_000_050_000_000_000);
         assert_eq!(at(750), 1_700_000_049_000_000_000);
         assert_eq!(at(1_001), 1_700_000_050_004_000_000);
+    }
+
+    #[test]
+    fn fast_and_wide_paths_agree() {
+        // HZ 300 does not divide a second: both paths must truncate alike.
+        let s = Snapshot {
+            jiffies: 1 << 40,
+            mono_ns: 7_000_000_000,
+            offset_ns: 1_700_000_000_000_000_000,
+            hz: 300,
+        };
+        let wide = |j: u64| {
+            let delta = (j as i128 - s.jiffies as i128) * 1_000_000_000 / s.hz as i128;
+            (s.mono_ns as i128 + delta + s.offset_ns).max(0) as u64 as u128
+        };
+        let ns = |j| {
+            s.wall(j)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        };
+        for j in [
+            s.jiffies,
+            s.jiffies + 1,
+            s.jiffies - 1,
+            s.jiffies - 7,
+            s.jiffies + 12_345,
+            0,
+            u64::MAX,
+        ] {
+            assert_eq!(ns(j), wide(j), "jiffies {j}");
+        }
     }
 }

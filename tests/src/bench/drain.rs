@@ -3,7 +3,10 @@
 //! maps in the same run. The maps are filled by running the real XDP program
 //! (BPF_PROG_TEST_RUN) on N frames with distinct source addresses.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf,
@@ -15,7 +18,10 @@ use flowagent::{
         IfNames,
         loader::{load_object, program},
     },
-    drain::{Drainer, Maps},
+    drain::{
+        Drainer, Maps,
+        sys::{self, Walk},
+    },
 };
 use flowagent_common::{FlowKeyV4, FlowStats, names};
 
@@ -46,14 +52,14 @@ fn filled(n: u32) -> Ebpf {
     ebpf
 }
 
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+/// CPU time of the whole process (the drain may use more than one thread).
+fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -64,9 +70,9 @@ fn agent_drain(n: u32) -> (f64, f64, usize) {
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let mut drainer =
         Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
-    let (t0, c0) = (Instant::now(), thread_cpu());
+    let (t0, c0) = (Instant::now(), process_cpu());
     let batch = drainer.drain().expect("drain");
-    let (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
+    let (wall, cpu) = (t0.elapsed(), process_cpu() - c0);
     (wall.as_secs_f64(), cpu.as_secs_f64(), batch.records.len())
 }
 
@@ -87,6 +93,160 @@ fn baseline_drain(n: u32) -> (f64, usize) {
     let wall = t0.elapsed().as_secs_f64();
     assert_eq!(packets, n as u64);
     (wall, keys.len())
+}
+
+/// Bytes of one per-CPU value as the batch syscalls return it.
+fn value_len() -> usize {
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    size_of::<FlowStats>().next_multiple_of(8) * cpus
+}
+
+/// The kernel alone on a map of `n` flows: seconds for each measured step.
+/// `op` is what is timed: a LOOKUP_AND_DELETE_BATCH walk in batches of
+/// `batch` on `threads` threads (each its own half of the buckets, no
+/// records built), or a LOOKUP_BATCH walk followed by DELETE_BATCH of the
+/// keys it returned (two timings).
+enum Floor {
+    LookupAndDelete { batch: usize, threads: u32 },
+    LookupThenDelete,
+}
+
+fn kernel_floor(n: u32, what: &Floor) -> Vec<f64> {
+    let ebpf = filled(n);
+    let map = ebpf.map(names::FLOWS_V4[0]).expect("map");
+    let aya::maps::Map::PerCpuHashMap(data) = map else {
+        panic!("FLOWS_V4 is not a per-CPU hash");
+    };
+    let fd = data.fd().as_fd();
+    let key_len = size_of::<FlowKeyV4>();
+    let value_len = value_len();
+    // The kernel's bucket count: max_entries rounded up to a power of two.
+    let buckets = n.next_power_of_two();
+    match *what {
+        Floor::LookupAndDelete { batch, threads } => {
+            let t0 = Instant::now();
+            let total: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|i| {
+                        let range = buckets / threads * i..if i + 1 == threads {
+                            u32::MAX
+                        } else {
+                            buckets / threads * (i + 1)
+                        };
+                        s.spawn(move || {
+                            sys::walk(
+                                fd,
+                                Walk::LookupAndDelete,
+                                key_len,
+                                value_len,
+                                range,
+                                batch,
+                                |_, _| {},
+                            )
+                            .expect("LOOKUP_AND_DELETE_BATCH")
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("walk")).sum()
+            });
+            let wall = t0.elapsed().as_secs_f64();
+            assert_eq!(total, n as usize, "every entry exactly once");
+            vec![wall]
+        }
+        Floor::LookupThenDelete => {
+            let mut keys = Vec::with_capacity(n as usize * key_len);
+            let t0 = Instant::now();
+            let total = sys::walk(
+                fd,
+                Walk::Lookup,
+                key_len,
+                value_len,
+                0..u32::MAX,
+                sys::BATCH,
+                |k, _| keys.extend_from_slice(k),
+            )
+            .expect("LOOKUP_BATCH");
+            let lookup = t0.elapsed().as_secs_f64();
+            assert_eq!(total, n as usize);
+            let t1 = Instant::now();
+            let mut deleted = 0;
+            for chunk in keys.chunks(sys::BATCH * key_len) {
+                deleted += sys::delete_batch(fd, chunk, key_len).expect("DELETE_BATCH");
+            }
+            let delete = t1.elapsed().as_secs_f64();
+            assert_eq!(deleted, n as usize);
+            vec![lookup, delete]
+        }
+    }
+}
+
+/// The kernel's share on `n` flows, without building records.
+fn floor_figures(n: u32, reps: usize) -> Vec<Figure> {
+    let conditions = format!(
+        "{n} IPv4 flows, 2 possible CPUs, map of {} entries, raw bpf(2) batch calls, no records built",
+        n.next_power_of_two()
+    );
+    let mut figures = Vec::new();
+    let mut figure = |name: String, samples: Vec<f64>| {
+        figures.push(Figure {
+            section: SECTION,
+            name,
+            value: median(&samples),
+            unit: "M entries/s",
+            baseline: None,
+            target: None,
+            samples,
+            conditions: conditions.clone(),
+        })
+    };
+    let rate = |secs: f64| n as f64 / secs / 1e6;
+    for batch in [64, 256, 1024, 4096] {
+        let samples = (0..reps)
+            .map(|_| rate(kernel_floor(n, &Floor::LookupAndDelete { batch, threads: 1 })[0]))
+            .collect();
+        figure(
+            format!("kernel floor: LOOKUP_AND_DELETE_BATCH, batches of {batch}"),
+            samples,
+        );
+    }
+    let samples = (0..reps)
+        .map(|_| {
+            rate(
+                kernel_floor(
+                    n,
+                    &Floor::LookupAndDelete {
+                        batch: sys::BATCH,
+                        threads: 2,
+                    },
+                )[0],
+            )
+        })
+        .collect();
+    figure(
+        format!(
+            "kernel floor: LOOKUP_AND_DELETE_BATCH, batches of {}, 2 threads on half the buckets each",
+            sys::BATCH
+        ),
+        samples,
+    );
+    let (mut lookups, mut deletes) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = kernel_floor(n, &Floor::LookupThenDelete);
+        lookups.push(rate(t[0]));
+        deletes.push(rate(t[1]));
+    }
+    figure(
+        format!("kernel floor: LOOKUP_BATCH only, batches of {}", sys::BATCH),
+        lookups,
+    );
+    figure(
+        format!(
+            "kernel floor: DELETE_BATCH only (keys known), batches of {}",
+            sys::BATCH
+        ),
+        deletes,
+    );
+    figures
 }
 
 /// The figures for 10k, 100k and (full run) 1M flows.
@@ -154,5 +314,6 @@ pub fn run(quick: bool) -> Vec<Figure> {
             conditions,
         });
     }
+    figures.extend(floor_figures(*sizes.last().expect("sizes"), reps));
     figures
 }
