@@ -56,6 +56,14 @@ pub fn flowagent_noop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Does nothing: the TC baseline of the end-to-end bench (a tcx ingress
+/// program costs its hook and dispatch even when it does no work). The agent
+/// never attaches it.
+#[classifier]
+pub fn flowagent_tc_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 /// Writes the current jiffies and CLOCK_MONOTONIC nanoseconds side by side
 /// into `CLOCK`. The agent runs it through BPF_PROG_TEST_RUN at every drain
 /// to turn the jiffies the flow programs record into wall-clock time.
