@@ -20,8 +20,8 @@ use flowagent_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 
 use crate::account::{Observation, account};
 
-/// Packets are sampled when `bpf_get_prandom_u32() < SAMPLE_THRESHOLD`;
-/// 0 means every packet (1:1). Set by the agent at load time, so the verifier
+/// Packets are sampled when a uniform random `u32` ([`maps::random_u32`]) is
+/// below `SAMPLE_THRESHOLD`; 0 means every packet (1:1). Set by the agent at load time, so the verifier
 /// sees a constant.
 #[unsafe(no_mangle)]
 static SAMPLE_THRESHOLD: u32 = 0;
