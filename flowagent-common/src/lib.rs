@@ -34,6 +34,8 @@ pub mod names {
     pub const PROG_CLOCK: &str = "flowagent_clock";
     /// An XDP program that only returns XDP_PASS: the benchmark's baseline.
     pub const PROG_NOOP: &str = "flowagent_noop";
+    /// A TC classifier that only returns TC_ACT_OK: the benchmark's TC baseline.
+    pub const PROG_TC_NOOP: &str = "flowagent_tc_noop";
     /// The TC classifier for clsact/tcx ingress.
     pub const PROG_TC_INGRESS: &str = "flowagent_tc_ingress";
     /// The TC classifier for clsact/tcx egress.

@@ -20,8 +20,8 @@ use flowagent_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 
 use crate::account::{Observation, account};
 
-/// Packets are sampled when `bpf_get_prandom_u32() < SAMPLE_THRESHOLD`;
-/// 0 means every packet (1:1). Set by the agent at load time, so the verifier
+/// Packets are sampled when a uniform random `u32` ([`maps::random_u32`]) is
+/// below `SAMPLE_THRESHOLD`; 0 means every packet (1:1). Set by the agent at load time, so the verifier
 /// sees a constant.
 #[unsafe(no_mangle)]
 static SAMPLE_THRESHOLD: u32 = 0;
@@ -54,6 +54,14 @@ pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn flowagent_noop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Does nothing: the TC baseline of the end-to-end bench (a tcx ingress
+/// program costs its hook and dispatch even when it does no work). The agent
+/// never attaches it.
+#[classifier]
+pub fn flowagent_tc_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
 }
 
 /// Writes the current jiffies and CLOCK_MONOTONIC nanoseconds side by side

@@ -4,6 +4,10 @@
 //! There are two of everything indexed by slot: the programs write the slot
 //! named in `CONTROL` while the agent drains the other one, so a drain never
 //! races with a writer (see the agent's `drain` module for the barrier).
+//!
+//! The sampling generator's state is per CPU and only ever written by its
+//! own CPU: in `RNG_STATE` (one cache line per CPU) for the first
+//! `RNG_CPUS` CPUs, in the `RNG` per-CPU array beyond.
 
 use aya_ebpf::{
     macros::map,
@@ -34,9 +38,33 @@ pub static FLOWS_V6_1: PerCpuHashMap<FlowKeyV6, FlowStats> =
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS * COUNTERS_PER_SLOT, 0);
 
-/// Per-CPU xorshift32 state for the sampling decision (0: not seeded yet).
+/// Per-CPU xorshift32 state for the sampling decision (0: not seeded yet),
+/// for CPUs numbered [`RNG_CPUS`] and above.
 #[map]
 pub static RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// CPUs whose sampling state lives in [`RNG_STATE`].
+const RNG_CPUS: usize = 512;
+
+/// One CPU's xorshift32 state, alone in its cache line so that no two CPUs
+/// ever write the same line.
+#[repr(C, align(64))]
+pub struct RngState {
+    /// The generator state; 0 until the CPU's first packet seeds it.
+    x: u32,
+}
+
+/// Sampling state of CPUs 0 to [`RNG_CPUS`] - 1, indexed by CPU number
+/// (.bss, 32 KiB).
+///
+/// Why not the `RNG` per-CPU array for every CPU: its inlined lookup loads
+/// the map's per-CPU pointer table before the state, two dependent cache
+/// lines on the sampled-out path, which with live traffic (the stack and the
+/// sender between two packets evict L1) cost more than the generator itself.
+/// Here the address is the inlined `bpf_get_smp_processor_id()` (a per-CPU
+/// variable the kernel keeps hot) times 64: one line.
+#[unsafe(no_mangle)]
+static mut RNG_STATE: [RngState; RNG_CPUS] = [const { RngState { x: 0 } }; RNG_CPUS];
 
 /// Written by the clock program: [jiffies, CLOCK_MONOTONIC ns] of one instant.
 #[map]
@@ -59,17 +87,27 @@ pub fn active_slot() -> u32 {
 /// "Xorshift RNGs", 2003), seeded once from `bpf_get_prandom_u32()`.
 ///
 /// Why not call the helper per packet: a helper call costs about 15 ns on
-/// these machines, most of the sampled-out path's budget; the per-CPU array
-/// lookup is inlined by the verifier and the generator is six ALU ops. The
+/// these machines, most of the sampled-out path's budget; the state lookup
+/// is inlined (see [`RNG_STATE`]) and the generator is six ALU ops. The
 /// output is never 0 and period 2^32 - 1, plenty for 1-in-N sampling.
 #[inline(always)]
 pub fn random_u32() -> u32 {
-    let Some(state) = RNG.get_ptr_mut(0) else {
-        // SAFETY: helper without preconditions.
-        return unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+    // SAFETY: helper without preconditions; the verifier inlines it.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
+    let state: *mut u32 = if cpu < RNG_CPUS {
+        // SAFETY: in bounds (checked above); a raw pointer, no reference to
+        // the `static mut` is formed.
+        unsafe { &raw mut RNG_STATE[cpu].x }
+    } else {
+        match RNG.get_ptr_mut(0) {
+            Some(state) => state,
+            // SAFETY: helper without preconditions.
+            None => return unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() },
+        }
     };
-    // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it
-    // while this program runs (programs do not nest on one CPU here).
+    // SAFETY: this CPU's own state; nothing else writes it while this
+    // program runs (programs do not nest on one CPU here, and a CPU only
+    // touches its own entry).
     let mut x = unsafe { *state };
     if x == 0 {
         // SAFETY: helper without preconditions.

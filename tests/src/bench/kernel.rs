@@ -7,14 +7,22 @@
 //!    overhead) and subtracted.
 //! 2. BPF_PROG_TEST_RUN: the kernel runs the program N times on one frame
 //!    and reports the average; again against the no-op program.
+//!
+//! For A/B work on the programs, `FLOWAGENT_BENCH_OBJECT=path` makes both
+//! figures load that eBPF object instead of the one built into the agent
+//! (same sampling threshold and map sizes), so two builds of flowagent-ebpf
+//! can be compared back to back with one runner binary. The full bench run
+//! never sets it.
 
 use std::path::Path;
 
 use aya::{
-    Ebpf,
-    programs::{ProgramInfo, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
+    },
 };
-use flowagent::capture::loader::{load_object, program};
+use flowagent::capture::loader::{load_object, program, sample_threshold};
 use flowagent_common::names;
 
 use super::{
@@ -66,18 +74,61 @@ pub fn frame_v6() -> Vec<u8> {
     )
 }
 
+/// The agent's eBPF object with its load-time settings, or the object named
+/// by `FLOWAGENT_BENCH_OBJECT` with the same settings (A/B runs only).
+pub fn load(sampling: u32, max_flows: u32) -> Ebpf {
+    let Some(path) = std::env::var_os("FLOWAGENT_BENCH_OBJECT") else {
+        return load_object(sampling, max_flows).expect("load the eBPF object");
+    };
+    let threshold = sample_threshold(sampling);
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::SAMPLE_THRESHOLD, &threshold, true);
+    for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
+        loader.map_max_entries(name, max_flows);
+    }
+    loader
+        .load_file(&path)
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.to_string_lossy()))
+}
+
 /// Loads the object and attaches `prog` in native XDP mode to `iface` in `ns`.
 pub fn attach(ns: &str, iface: &str, prog: &'static str, sampling: u32, max_flows: u32) -> Ebpf {
+    attach_xdp(ns, iface, prog, sampling, max_flows, XdpMode::Driver)
+}
+
+/// Loads the object and attaches the XDP program `prog` to `iface` in `ns`
+/// in `mode` (driver or generic/skb).
+pub fn attach_xdp(
+    ns: &str,
+    iface: &str,
+    prog: &'static str,
+    sampling: u32,
+    max_flows: u32,
+    mode: XdpMode,
+) -> Ebpf {
     let iface = iface.to_owned();
     in_netns(ns, move || {
-        let mut ebpf = load_object(sampling, max_flows).expect("load the eBPF object");
+        let mut ebpf = load(sampling, max_flows);
         let xdp = program::<Xdp>(&mut ebpf, prog).expect("program");
         xdp.load().expect("verifier");
         let name = std::ffi::CString::new(iface).unwrap();
         // SAFETY: valid C string.
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        xdp.attach_to_if_index(index, XdpMode::Driver)
-            .expect("attach native XDP");
+        xdp.attach_to_if_index(index, mode).expect("attach XDP");
+        ebpf
+    })
+}
+
+/// Loads the object and attaches the TC classifier `prog` to `iface`'s
+/// ingress in `ns` (tcx on Linux 6.6+, as the agent does).
+pub fn attach_tc(ns: &str, iface: &str, prog: &'static str) -> Ebpf {
+    let iface = iface.to_owned();
+    in_netns(ns, move || {
+        let mut ebpf = load(1, 1024);
+        let tc = program::<SchedClassifier>(&mut ebpf, prog).expect("program");
+        tc.load().expect("verifier");
+        tc.attach(&iface, TcAttachType::Ingress)
+            .expect("attach TC ingress");
         ebpf
     })
 }
@@ -261,7 +312,7 @@ pub fn test_run(quick: bool) -> Vec<Figure> {
     let run = |prog: &'static str, frame: &[u8], sampling: u32| -> Vec<f64> {
         (0..reps)
             .map(|_| {
-                let mut ebpf = load_object(sampling, 1024).expect("load");
+                let mut ebpf = load(sampling, 1024);
                 let xdp = program::<Xdp>(&mut ebpf, prog).expect("program");
                 xdp.load().expect("verifier");
                 let opts = TestRunOptions {
