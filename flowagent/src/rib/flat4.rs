@@ -112,36 +112,32 @@ fn advise_huge<T>(v: &Vec<T>) {
         // SAFETY: the range lies inside `v`'s live allocation; MADV_HUGEPAGE
         // changes how it is backed, never its contents.
         unsafe {
-            libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_HUGEPAGE,
+            );
         }
     }
 }
 
-/// Run values held in the node itself: what fits in its 256 bytes.
-const INLINE: usize = 51;
-
-/// 256 slots (one byte of the address), run-length compressed, in four
-/// cache lines: the header (run starts) and, for the nodes of up to
-/// [`INLINE`] runs (nearly all on a DFZ table: about 30 runs per /16), the
-/// run values too, so a lookup reads the header line and a line next to it
-/// rather than a line somewhere else in the arena.
+/// 256 slots (one byte of the address), run-length compressed. Exactly one
+/// cache line, so a lookup reads one line of it, then one of its runs.
 #[derive(Clone)]
-#[repr(C, align(64))]
+#[repr(align(64))]
 struct Node {
     /// Bit `s` set: slot `s` starts a run (bit 0 is always set).
     starts: [u64; 4],
     /// Runs started before each 64-slot word, so a lookup popcounts one word.
-    before: [u8; 4],
+    before: [u16; 4],
     /// For a level-3 node, the level-2 value of its parent slot.
     background: u32,
     /// Stored prefixes inside this node's range deeper than the parent stride.
     count: u32,
-    /// First arena block of the run values, when more than [`INLINE`].
+    /// First arena block of the run values.
     runs: u32,
-    /// Arena blocks held (0: the runs are inline).
+    /// Arena blocks held.
     blocks: u8,
-    /// The run values, when at most [`INLINE`].
-    inline: [u32; INLINE],
 }
 
 impl Node {
@@ -154,20 +150,9 @@ impl Node {
             count: 0,
             runs: 0,
             blocks: 0,
-            inline: [NONE; INLINE],
         };
         n.store(arena, &[value; 256]);
         n
-    }
-
-    /// The value of run `run`.
-    #[inline(always)]
-    fn run(&self, arena: &Arena, run: usize) -> u32 {
-        if self.blocks == 0 {
-            self.inline.get(run).copied().unwrap_or(NONE)
-        } else {
-            arena.get(self.runs, run)
-        }
     }
 
     /// The value of `slot`.
@@ -178,7 +163,7 @@ impl Node {
         let upto = self.starts[w & 3] & (u64::MAX >> (63 - b));
         let run = usize::from(self.before[w & 3]) + upto.count_ones() as usize;
         // Never out of range (bit 0 is set); a miss reads as NONE, not a panic.
-        self.run(arena, run.wrapping_sub(1))
+        arena.get(self.runs, run.wrapping_sub(1))
     }
 
     /// All 256 slots, decompressed.
@@ -189,13 +174,13 @@ impl Node {
             if self.starts[s >> 6] >> (s & 63) & 1 == 1 {
                 run += 1;
             }
-            *v = self.run(arena, run.wrapping_sub(1));
+            *v = arena.get(self.runs, run.wrapping_sub(1));
         }
         out
     }
 
-    /// Compresses `slots` into this node, inline when they fit, else in the
-    /// arena (moving them there when their block count changes).
+    /// Compresses `slots` into this node, moving its runs in the arena when
+    /// they no longer fit.
     fn store(&mut self, arena: &mut Arena, slots: &[u32; 256]) {
         let mut runs = [NONE; 256];
         let mut n = 0;
@@ -207,21 +192,16 @@ impl Node {
                 n += 1;
             }
         }
-        let mut before = 0u8;
+        let mut before = 0u16;
         for w in 0..4 {
             self.before[w] = before;
-            // At most 192 runs start before word 3: no overflow.
-            before = before.wrapping_add(self.starts[w].count_ones() as u8);
+            before += self.starts[w].count_ones() as u16;
         }
-        let need = if n <= INLINE { 0 } else { n.div_ceil(16) as u8 };
+        let need = n.div_ceil(16) as u8;
         if need != self.blocks {
             arena.release(self.runs, self.blocks);
-            self.runs = if need == 0 { 0 } else { arena.alloc(need) };
+            self.runs = arena.alloc(need);
             self.blocks = need;
-        }
-        if need == 0 {
-            self.inline[..n].copy_from_slice(&runs[..n]);
-            return;
         }
         for (i, chunk) in runs[..n].chunks(16).enumerate() {
             let b = &mut arena.blocks[self.runs as usize + i].0;
@@ -672,36 +652,25 @@ mod tests {
         }
         let mut arena = Arena::default();
         let mut n = Node::filled(&mut arena, NONE, NONE);
-        assert_eq!(n.blocks, 0);
+        assert_eq!(n.blocks, 1);
         n.store(&mut arena, &slots);
         assert_eq!(n.load(&arena), slots);
         for (s, v) in slots.iter().enumerate() {
             assert_eq!(n.get(&arena, s as u8), *v, "slot {s}");
         }
-        // 7, 8, NONE, 9, NONE, then 66..=85 (20 values) for 200..=255: inline.
-        assert_eq!(n.blocks, 0);
-        assert_eq!(&n.inline[..5], &[7, 8, NONE, 9, NONE]);
-        // 256 distinct values: 16 arena blocks; then 52 runs: 4 blocks.
-        let distinct: [u32; 256] = std::array::from_fn(|s| s as u32 * 2);
-        n.store(&mut arena, &distinct);
-        assert_eq!((n.runs, n.blocks), (0, 16));
-        assert_eq!(n.load(&arena), distinct);
-        let runs52: [u32; 256] = std::array::from_fn(|s| (s as u32).min(51));
-        n.store(&mut arena, &runs52);
-        assert_eq!((n.runs, n.blocks), (16, 4));
-        for (s, v) in runs52.iter().enumerate() {
-            assert_eq!(n.get(&arena, s as u8), *v, "slot {s}");
-        }
-        // Back to inline; the 16 blocks were given back and are reused.
-        n.store(&mut arena, &[3; 256]);
-        assert_eq!((n.blocks, n.load(&arena)), (0, [3; 256]));
-        let mut m = Node::filled(&mut arena, NONE, NONE);
-        m.store(&mut arena, &distinct);
-        assert_eq!((m.runs, m.blocks), (0, 16));
+        // 7, 8, NONE, 9, NONE, then 66..=85 (20 values) for 200..=255.
+        assert_eq!(n.blocks, 2);
+        assert_eq!(
+            &arena.blocks[n.runs as usize].0[..5],
+            &[7, 8, NONE, 9, NONE]
+        );
+        // The first block was given back and is reused.
+        let mut m = Node::filled(&mut arena, 1, NONE);
+        assert_eq!((m.runs, m.blocks), (0, 1));
         m.release(&mut arena);
-        assert_eq!(arena.free[16], vec![0]);
-        assert_eq!(arena.free[4], vec![16]);
-        assert_eq!(std::mem::size_of::<Node>(), 256);
+        n.store(&mut arena, &[3; 256]);
+        assert_eq!((n.blocks, n.load(&arena)), (1, [3; 256]));
+        assert_eq!(std::mem::size_of::<Node>(), 64);
     }
 
     #[test]
@@ -782,7 +751,7 @@ mod tests {
             // Region 10.20.0.0/15 plus, rarely, anywhere.
             let addr = |rng: &mut Rng| {
                 let b = rng.next();
-                if b % 16 == 0 {
+                if b.is_multiple_of(16) {
                     (b >> 32) as u32
                 } else {
                     0x0a14_0000 | ((b >> 32) as u32 & 0x0001_ffff)
@@ -804,7 +773,11 @@ mod tests {
                     // Remove a stored prefix (or, sometimes, an absent one).
                     let k = (b >> 8) as usize % r.len();
                     let (&(n, l), _) = r.iter().nth(k).unwrap();
-                    let (n, l) = if b % 7 == 0 { (n ^ 1u32.checked_shl(32 - u32::from(l)).unwrap_or(0), l) } else { (n, l) };
+                    let (n, l) = if b.is_multiple_of(7) {
+                        (n ^ 1u32.checked_shl(32 - u32::from(l)).unwrap_or(0), l)
+                    } else {
+                        (n, l)
+                    };
                     let p = Ipv4Net::new(Ipv4Addr::from(n), l).unwrap();
                     assert_eq!(t.remove(&p), r.remove(&(n, l)), "remove {p}");
                 }
@@ -816,11 +789,20 @@ mod tests {
                         // Just inside and just outside a stored prefix.
                         let k = rng.next() as usize % r.len().max(1);
                         r.keys().nth(k).map_or(0, |&(n, l)| {
-                            if i % 2 == 0 { n } else { (n | !mask(l)).wrapping_add(1) }
+                            if i % 2 == 0 {
+                                n
+                            } else {
+                                (n | !mask(l)).wrapping_add(1)
+                            }
                         })
                     };
                     let got = t.lookup(Ipv4Addr::from(a)).map(|(p, v)| (p, *v));
-                    assert_eq!(got, brute(&r, a), "seed {seed} step {step} lookup {}", Ipv4Addr::from(a));
+                    assert_eq!(
+                        got,
+                        brute(&r, a),
+                        "seed {seed} step {step} lookup {}",
+                        Ipv4Addr::from(a)
+                    );
                 }
             }
             check_nodes(&t);
@@ -831,7 +813,9 @@ mod tests {
                 assert_eq!(t.lookup_prefix(&p).map(|(p, v)| (p, *v)), Some((p, v)));
             }
             for l in [0u8, 8, 15, 16, 20, 24, 28, 32] {
-                let p = Ipv4Net::new(Ipv4Addr::from(0x0a14_1234), l).unwrap().trunc();
+                let p = Ipv4Net::new(Ipv4Addr::from(0x0a14_1234), l)
+                    .unwrap()
+                    .trunc();
                 let want: Vec<_> = r
                     .iter()
                     .filter(|&(&(n, nl), _)| nl >= l && n & mask(l) == u32::from(p.network()))
@@ -845,7 +829,10 @@ mod tests {
                 let p = Ipv4Net::new(Ipv4Addr::from(n), l).unwrap();
                 assert_eq!(t.remove(&p), r.remove(&(n, l)));
                 let a = n | (rng.next() as u32 & !mask(l));
-                assert_eq!(t.lookup(Ipv4Addr::from(a)).map(|(p, v)| (p, *v)), brute(&r, a));
+                assert_eq!(
+                    t.lookup(Ipv4Addr::from(a)).map(|(p, v)| (p, *v)),
+                    brute(&r, a)
+                );
             }
             check_nodes(&t);
             assert_eq!(t.len(), 0);

@@ -1,21 +1,24 @@
 //! Longest-prefix-match tables for IPv4 and IPv6.
 //!
 //! IPv4, the family nearly all flows are, lives in [`Flat4`]: a 16-8-8
-//! multibit table with run-length compressed nodes, updated in place per
+//! multibit table with run-length compressed 64-byte nodes, updated in place per
 //! prefix, where a lookup reads the top-level slot (a 512 KiB array that
-//! stays in cache), one node and the matched prefix's slab entry. IPv6
+//! stays in cache), one node line, its run values in the arena and the
+//! matched prefix's slab entry. IPv6
 //! stays on `prefix-trie` 0.10 (a tree-bitmap trie).
 //!
-//! Measured (`cargo xtask bench --only rib`, 2-core shared VM, release,
-//! per CPU-second of the looking-up thread, medians of 5 rounds alternating
-//! with a bare `prefix_trie::PrefixMap` on the same table, under a load
-//! average of 4 from other builds): 1.0M DFZ-like IPv4 prefixes, 10 to 15 M
-//! lookups/s through the RIB against 8 to 14 M/s for prefix-trie (1.1 to
-//! 1.3x; the prefix-trie-backed RIB measured 0.75x in the same conditions);
-//! 230k IPv6 prefixes, about 0.7x prefix-trie (the RIB's values are 8-byte
-//! `Arc`s behind a lock, the bare map's 4-byte integers). The 30 M/s target
-//! was not reached on that machine: a lookup is three dependent cache misses
-//! and the rate is what the CPU overlaps of them.
+//! Measured (`flowagent-bench --only rib`, 2-core shared VM under a load
+//! average of 4 from other builds, release, per CPU-second of the
+//! looking-up thread, medians of 5 rounds alternating with a bare
+//! `prefix_trie::PrefixMap` on the same table): 1.0M DFZ-like IPv4
+//! prefixes, 12.6 M lookups/s through the RIB (rounds 10.4 to 18.4) against
+//! 14.0 M/s for prefix-trie, i.e. 0.9 to 1.2x it over the runs (the
+//! prefix-trie-backed RIB measured 0.75x in the same conditions); 230k IPv6
+//! prefixes on prefix-trie, 0.7 to 0.8x the bare map (the RIB's values are
+//! 8-byte `Arc`s behind a lock, the bare map's 4-byte integers). Agent RSS
+//! with 1.0M IPv4 + 230k IPv6 routes from BIRD: 137 MiB. The 30 M/s target
+//! is not reached on that machine: a lookup is three dependent cache misses
+//! (node, runs, slab) and the rate is what the CPU overlaps of them.
 //! Invariant: stored prefixes have no host bits set (inserts truncate), so
 //! `10.1.2.3/16` and `10.1.0.0/16` are the same key.
 

@@ -59,15 +59,13 @@ fn v6(rng: &mut Rng) -> Ipv6Net {
 }
 
 /// Loads `prefixes` into the RIB and the reference, 10 per UPDATE.
-fn load<P: Copy>(
+fn load<P: Copy + prefix_trie::Prefix>(
     rib: &mut Rib,
     reference: &mut PrefixMap<P, u32>,
     prefixes: usize,
     mut draw: impl FnMut() -> P,
     wrap: impl Fn(P) -> IpNet,
-) where
-    P: prefix_trie::Prefix,
-{
+) {
     let neighbor: IpAddr = "192.0.2.1".parse().unwrap();
     let mut i = 0u32;
     while reference.len() < prefixes {
