@@ -15,6 +15,10 @@
 //! has a two-path list), back to 83.7 MiB when it goes; dropping a table
 //! 0.9 to 1.2 s. With a reader spinning on the lock without pause a load
 //! takes 10 to 40 times longer: every write section waits for a read one.
+//! With IPv4 in the flat 16-8-8 table (`rib::flat4`, one run, same machine,
+//! 2026-11-24 23:22): load 1.31 s, longest reader wait 7.75 ms, heap
+//! 94.9 MiB (84 B per route), 15.4 M lookups/s, enrichment 2.0 M records/s,
+//! second neighbour +134 MiB, dropping a table 1.60 s.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

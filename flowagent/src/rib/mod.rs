@@ -22,6 +22,7 @@
 
 pub mod attrs;
 pub mod best;
+mod flat4;
 pub mod lpm;
 pub mod networks;
 pub mod table;

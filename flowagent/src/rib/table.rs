@@ -1,6 +1,6 @@
 //! The RIB owner ([`Rib`]) and the readers' handle ([`RibHandle`]).
 //!
-//! Readers see one trie with the best path of every prefix, an 8-byte
+//! Readers see one table ([`Lpm`]) with the best path of every prefix, an 8-byte
 //! `Arc<PathAttrs>` per prefix (the neighbour is part of the attributes).
 //! Value size matters: lookups land at random in a million entries, and
 //! 16- or 24-byte values (a list of paths in the trie) measured 40 % slower
