@@ -15,3 +15,5 @@ pub mod enrich;
 pub mod export;
 pub mod flow;
 pub mod rib;
+#[cfg(test)]
+mod testing;

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Agent, Bird, Route, assert_reference_table, route, wait_for};
+use common::{Agent, Bird, Rng, Route, assert_reference_table, route, wait_for};
 
 fn ebgp_config(bird_port: u16, agent_port: u16, statics: &str) -> String {
     format!(
@@ -227,17 +227,6 @@ protocol bgp agent {{
         })
     );
     agent.stop().await;
-}
-
-/// xorshift64*, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// 100k+ generated IPv4 prefixes (lengths 12 to 28, nested at random) in

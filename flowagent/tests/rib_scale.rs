@@ -27,6 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::Rng;
 use flowagent::rib::{AsSegment, PathAttrs, Rib, RibHandle, RibUpdate};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -49,16 +52,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// Prefix lengths roughly as in the DFZ: most IPv4 are /24, most IPv6 /48.
 fn v4(rng: &mut Rng) -> IpNet {

@@ -292,7 +292,10 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
-    use crate::flow::{Enrichment, FlowDirection};
+    use crate::{
+        flow::{Enrichment, FlowDirection},
+        testing::Rng,
+    };
 
     /// `serde_json`'s line for the same record (with its `\n`).
     fn reference_line(r: &FlowRecord, agent_id: Option<&str>, routing: Option<BgpAttrs>) -> String {
@@ -308,17 +311,6 @@ mod tests {
         let mut buf = Vec::new();
         push(&mut buf, r, agent_id, routing);
         String::from_utf8(buf).unwrap()
-    }
-
-    /// xorshift64*: a fixed sequence of records.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
     }
 
     fn random_record(rng: &mut Rng) -> FlowRecord {

@@ -589,7 +589,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::rib::lpm::tests::Rng;
+    use crate::testing::Rng;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

@@ -150,12 +150,13 @@ impl<V> Lpm<V> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::{collections::HashMap, net::Ipv4Addr};
 
     use ipnet::Ipv4Net;
 
     use super::*;
+    use crate::testing::Rng;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -206,18 +207,6 @@ pub(crate) mod tests {
         assert_eq!(t.len(), 1);
         let covered: Vec<_> = t.covered(&net("192.0.0.0/8"));
         assert_eq!(covered, vec![(net("192.0.0.0/16"), &3)]);
-    }
-
-    /// Tiny deterministic generator (xorshift64*), to keep tests reproducible
-    /// without a dependency.
-    pub(crate) struct Rng(pub u64);
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
     }
 
     /// 100k random IPv4 prefixes (lengths 8 to 32), checked against a naive

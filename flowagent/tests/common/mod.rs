@@ -457,3 +457,16 @@ impl Drop for Frr {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// xorshift64*, deterministic: generated tables are the same every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pseudo-random value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}

@@ -52,17 +52,6 @@ fn filled(n: u32) -> Ebpf {
     ebpf
 }
 
-/// CPU time of the whole process (the drain may use more than one thread).
-fn process_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// The agent's drain of `n` flows: (wall seconds, CPU seconds, records).
 fn agent_drain(n: u32) -> (f64, f64, usize) {
     let mut ebpf = filled(n);
@@ -70,10 +59,17 @@ fn agent_drain(n: u32) -> (f64, f64, usize) {
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let mut drainer =
         Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
-    let (t0, c0) = (Instant::now(), process_cpu());
+    // Process CPU: the drain may use more than one thread.
+    let (t0, c0) = (
+        Instant::now(),
+        super::cpu::clock_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
+    );
     let batch = drainer.drain().expect("drain");
-    let (wall, cpu) = (t0.elapsed(), process_cpu() - c0);
-    (wall.as_secs_f64(), cpu.as_secs_f64(), batch.records.len())
+    let (wall, cpu) = (
+        t0.elapsed(),
+        super::cpu::clock_seconds(libc::CLOCK_PROCESS_CPUTIME_ID) - c0,
+    );
+    (wall.as_secs_f64(), cpu, batch.records.len())
 }
 
 /// Key by key: collect the keys, then look up and delete each.

@@ -37,14 +37,6 @@ const SUBSCRIBERS: usize = 4;
 /// that keeps up never misses one.
 const CHUNK: u64 = SUBSCRIBER_BUFFER as u64 - 96;
 
-/// User + system CPU-seconds of thread `tid` of this process.
-fn thread_cpu(tid: i32) -> f64 {
-    let f = crate::procfs::stat_fields(tid as u32);
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / super::cpu::ticks_per_second()
-}
-
 /// A one-worker runtime whose threads' ids are collected in `tids`.
 fn runtime(name: &str, tids: &Arc<Mutex<Vec<i32>>>) -> tokio::runtime::Runtime {
     let tids = tids.clone();
@@ -127,12 +119,12 @@ pub fn run(quick: bool) -> Vec<Figure> {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     let agent_cpu = || {
-        thread_cpu(me)
+        super::cpu::task_seconds(me as u32)
             + agent_tids
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|&t| thread_cpu(t))
+                .map(|&t| super::cpu::task_seconds(t as u32))
                 .sum::<f64>()
     };
     let (c0, t0) = (agent_cpu(), Instant::now());

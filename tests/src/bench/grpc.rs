@@ -54,15 +54,6 @@ pub(super) fn record(n: u64) -> FlowRecord {
     }
 }
 
-/// User + system CPU-seconds of process `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let f = crate::procfs::stat_fields(pid);
-    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after ')'.
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / super::cpu::ticks_per_second()
-}
-
 fn lo_bytes() -> u64 {
     let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
     dev.lines()
@@ -114,8 +105,8 @@ pub fn run(quick: bool) -> Vec<Figure> {
         );
         let (handle, task) = client::spawn(config, cancel.clone()).expect("exporter");
         let (c0, k0, b0, t0) = (
-            cpu_seconds(me),
-            cpu_seconds(collector.id()),
+            super::cpu::task_seconds(me),
+            super::cpu::task_seconds(collector.id()),
             lo_bytes(),
             Instant::now(),
         );
@@ -133,8 +124,8 @@ pub fn run(quick: bool) -> Vec<Figure> {
         }
         let out = (
             t0.elapsed().as_secs_f64(),
-            cpu_seconds(me) - c0,
-            cpu_seconds(collector.id()) - k0,
+            super::cpu::task_seconds(me) - c0,
+            super::cpu::task_seconds(collector.id()) - k0,
             lo_bytes() - b0,
         );
         cancel.cancel();

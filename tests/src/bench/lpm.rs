@@ -93,29 +93,19 @@ fn load<P: Copy + prefix_trie::Prefix>(
     }
 }
 
-/// CPU time this thread has run, in seconds. Rates are per CPU-second of
-/// the looking-up thread ("per core"): on a shared machine the wall clock
-/// also counts the time the thread waited for a CPU, which swung single
-/// rounds by 4x.
-fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// Lookups per CPU-second (millions) of `lookup` over `addresses`, and hits.
+/// Lookups per CPU-second (millions) of the looking-up thread ("per core":
+/// on a shared machine the wall clock also counts time spent waiting for a
+/// CPU) of `lookup` over `addresses`, and hits.
 fn rate<A: Copy>(addresses: &[A], mut lookup: impl FnMut(A) -> bool) -> (f64, usize) {
-    let t = thread_cpu_seconds();
+    let t = super::cpu::clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID);
     let mut hits = 0usize;
     for a in addresses {
         hits += usize::from(lookup(*a));
     }
     (
-        addresses.len() as f64 / (thread_cpu_seconds() - t) / 1e6,
+        addresses.len() as f64
+            / (super::cpu::clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID) - t)
+            / 1e6,
         hits,
     )
 }
