@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     enrich::BgpAttrs,
     export::{
+        flow_line,
         grpc::{convert, proto},
         jsonl,
     },
@@ -236,8 +237,8 @@ fn write_batch(out: &mut impl io::Write, batch: &proto::FlowBatch) -> Result<(),
             agent_id: agent,
             dropped_records: d.dropped_records,
             dropped_counters: d.dropped_counters,
-            timestamp_start: jsonl::rfc3339_micros(convert::time_from_ns(d.first_drop_ns)),
-            timestamp_end: jsonl::rfc3339_micros(convert::time_from_ns(d.last_drop_ns)),
+            timestamp_start: flow_line::rfc3339_micros(convert::time_from_ns(d.first_drop_ns)),
+            timestamp_end: flow_line::rfc3339_micros(convert::time_from_ns(d.last_drop_ns)),
         };
         serde_json::to_writer(&mut *out, &line).map_err(|e| line_err(e.into()))?;
         out.write_all(b"\n").map_err(line_err)?;

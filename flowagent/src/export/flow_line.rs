@@ -231,15 +231,28 @@ fn mac(buf: &mut Vec<u8>, m: [u8; 6]) {
     buf.push(b'"');
 }
 
+/// [`rfc3339_micros`] as a JSON string.
+fn timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+    buf.push(b'"');
+    push_rfc3339_micros(buf, t);
+    buf.push(b'"');
+}
+
 /// RFC 3339 UTC with microseconds (`2023-11-14T22:13:20.250000Z`), the
 /// format of every timestamp in the JSON lines. Times before 1970 are
 /// written as the epoch.
-fn timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    let mut buf = Vec::with_capacity(27);
+    push_rfc3339_micros(&mut buf, t);
+    // Only ASCII digits and separators were written.
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+fn push_rfc3339_micros(buf: &mut Vec<u8>, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (y, mo, d) = civil_from_days(secs / 86_400);
     let sod = secs % 86_400;
-    buf.push(b'"');
     digits(buf, y, 4);
     buf.push(b'-');
     digits(buf, mo, 2);
@@ -253,7 +266,7 @@ fn timestamp(buf: &mut Vec<u8>, t: SystemTime) {
     digits(buf, sod % 60, 2);
     buf.push(b'.');
     digits(buf, u64::from(since.subsec_micros()), 6);
-    buf.extend_from_slice(b"Z\"");
+    buf.push(b'Z');
 }
 
 /// `v` zero-padded to `width` digits (wider values are written whole).
@@ -508,13 +521,6 @@ mod tests {
         /// `global:local1:local2` joined by `_`.
         #[serde(skip_serializing_if = "Option::is_none")]
         lcomms: Option<String>,
-    }
-
-    fn unspecified_like(addr: IpAddr) -> IpAddr {
-        match addr {
-            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        }
     }
 
     impl RoutingFields {

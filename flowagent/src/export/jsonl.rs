@@ -9,7 +9,6 @@ use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
     path::PathBuf,
-    time::SystemTime,
 };
 
 use flowagent_common::Counter;
@@ -58,10 +57,6 @@ pub fn proto_name(proto: u8) -> Option<&'static str> {
     })
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
-}
-
 #[derive(Serialize)]
 struct CountersLine<'a> {
     event_type: &'static str,
@@ -105,8 +100,8 @@ pub fn write_counters_line(
     let line = CountersLine {
         event_type: "counters",
         agent_id,
-        timestamp_start: rfc3339(batch.start),
-        timestamp_end: rfc3339(batch.end),
+        timestamp_start: flow_line::rfc3339_micros(batch.start),
+        timestamp_end: flow_line::rfc3339_micros(batch.end),
         non_ip_packets: c.get(Counter::NonIpPackets),
         non_ip_bytes: c.get(Counter::NonIpBytes),
         malformed_packets: c.get(Counter::MalformedPackets),
@@ -118,11 +113,6 @@ pub fn write_counters_line(
     };
     serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
     out.write_all(b"\n")
-}
-
-/// RFC 3339 with microseconds, as in every timestamp of the JSON lines.
-pub fn rfc3339_micros(t: SystemTime) -> String {
-    rfc3339(t)
 }
 
 /// Writes batches as JSON lines.
@@ -194,7 +184,7 @@ impl<W: Write> JsonlWriter<W> {
 mod tests {
     use std::{
         net::{Ipv4Addr, Ipv6Addr},
-        time::Duration,
+        time::{Duration, SystemTime},
     };
 
     use super::*;
