@@ -21,7 +21,7 @@ use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowSta
 
 use crate::{
     maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count},
-    parse::{Meta, Parsed, parse, src_mac},
+    parse::{Frame, Meta, Parsed, parse, src_mac},
 };
 
 const AF_INET: u8 = 2;
@@ -40,12 +40,11 @@ pub struct Observation {
     pub other_ifindex: u32,
 }
 
-/// Parses the frame in `[start, end)` and accounts it in the active slot.
+/// Parses a frame of `frame_len` bytes and accounts it in the active slot.
 #[inline(always)]
-pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observation) {
+pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs: &Observation) {
     let slot = active_slot();
-    let frame_len = (end - start) as u64;
-    match parse(start, end, obs.vlan_hint) {
+    match parse(frame, obs.vlan_hint) {
         Parsed::V4(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
@@ -56,7 +55,7 @@ pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observat
                     key,
                     meta,
                     obs,
-                    frame: (start, end),
+                    frame,
                 },
             );
         }
@@ -70,7 +69,7 @@ pub fn account<C: EbpfContext>(ctx: &C, start: usize, end: usize, obs: &Observat
                     key,
                     meta,
                     obs,
-                    frame: (start, end),
+                    frame,
                 },
             );
         }
@@ -149,12 +148,12 @@ impl FlowKey for FlowKeyV6 {
 }
 
 /// One packet to account: its key and what the update needs besides.
-struct Job<'a, K> {
+struct Job<'a, K, F> {
     key: K,
     meta: Meta,
     obs: &'a Observation,
     /// The frame, for what a new flow reads beyond the key (source MAC).
-    frame: (usize, usize),
+    frame: F,
 }
 
 /// Calls the update compiled for the active slot.
@@ -168,16 +167,16 @@ struct Job<'a, K> {
 /// (A `#[inline(never)]` copy per slot also keeps the lookups inlined, but the
 /// BPF-to-BPF call and the argument copy cost IPv6 10 ns.)
 #[inline(always)]
-fn update_slot<C: EbpfContext, K: FlowKey>(ctx: &C, slot: u32, job: &Job<'_, K>) {
+fn update_slot<C: EbpfContext, K: FlowKey, F: Frame>(ctx: &C, slot: u32, job: &Job<'_, K, F>) {
     if slot == 0 {
-        update::<C, K, 0>(ctx, job);
+        update::<C, K, F, 0>(ctx, job);
     } else {
-        update::<C, K, 1>(ctx, job);
+        update::<C, K, F, 1>(ctx, job);
     }
 }
 
 #[inline(always)]
-fn update<C: EbpfContext, K: FlowKey, const SLOT: u32>(ctx: &C, job: &Job<'_, K>) {
+fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &Job<'_, K, F>) {
     let map = K::map::<SLOT>();
     let (key, meta) = (&job.key, &job.meta);
     // Jiffies, not bpf_ktime_get_*(): the verifier inlines bpf_jiffies64()
@@ -228,10 +227,15 @@ fn add(stats: &mut FlowStats, meta: &Meta, now: u64) {
 
 /// Fills the first-packet fields of this CPU's copy of a flow.
 #[inline(always)]
-fn init<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_, K>, now: u64) {
+fn init<C: EbpfContext, K: FlowKey, F: Frame>(
+    ctx: &C,
+    stats: &mut FlowStats,
+    job: &Job<'_, K, F>,
+    now: u64,
+) {
     stats.first_seen = now;
     stats.tos = job.meta.tos;
-    stats.src_mac = src_mac(job.frame.0, job.frame.1);
+    stats.src_mac = src_mac(job.frame);
     stats.other_ifindex = job.obs.other_ifindex;
     if job.obs.direction == DIRECTION_INGRESS {
         fib_lookup(ctx, stats, job);
@@ -242,7 +246,11 @@ fn init<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_
 /// Done once per flow and CPU per interval, never per packet. A packet that
 /// is not forwarded (local, forwarding off, no route) gets no egress interface.
 #[inline(always)]
-fn fib_lookup<C: EbpfContext, K: FlowKey>(ctx: &C, stats: &mut FlowStats, job: &Job<'_, K>) {
+fn fib_lookup<C: EbpfContext, K: FlowKey, F: Frame>(
+    ctx: &C,
+    stats: &mut FlowStats,
+    job: &Job<'_, K, F>,
+) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = job.obs.ifindex;

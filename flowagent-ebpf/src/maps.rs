@@ -9,6 +9,7 @@
 //! own CPU: in `RNG_STATE` (one cache line per CPU) for the first
 //! `RNG_CPUS` CPUs, in the `RNG` per-CPU array beyond.
 
+use crate::parse::COPY_LEN;
 use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap},
@@ -33,6 +34,11 @@ pub static FLOWS_V6_0: PerCpuHashMap<FlowKeyV6, FlowStats> =
 #[map]
 pub static FLOWS_V6_1: PerCpuHashMap<FlowKeyV6, FlowStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Per-CPU scratch space for the headers of a TC frame whose skb does not
+/// hold them in its linear part (see the TC entry point).
+#[map]
+pub static HEADERS: PerCpuArray<[u8; COPY_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Out-of-flow counters (`flowagent_common::Counter`) for both slots.
 #[map]

@@ -3,8 +3,8 @@
 //! It reads Ethernet, up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8),
 //! IPv4 (any IHL, fragments), IPv6 (a bounded walk over the common extension
 //! headers) and the first bytes of TCP, UDP, SCTP, UDP-Lite, ICMP and ICMPv6.
-//! Every read goes through [`ptr_at`], the single bounds check the verifier
-//! needs to see. The parser never fails: a frame is a flow (IPv4/IPv6), a
+//! Every read goes through [`Frame::ptr_at`], the single bounds check the
+//! verifier needs to see, over packet memory or a copy of the headers. The parser never fails: a frame is a flow (IPv4/IPv6), a
 //! non-IP frame, or malformed.
 
 use core::mem::size_of;
@@ -64,41 +64,105 @@ struct L4 {
     tcp_flags: u8,
 }
 
-/// The one bounds check: a pointer to a `T` at `offset`, if it fits.
+/// Where the parser reads a frame's bytes from.
 ///
-/// Read at least two bytes at a time: for a one-byte `T` LLVM rewrites
-/// `at + 1 > end` as `at >= end`, and the verifier derives no readable range
-/// from that form when the offset is variable.
-#[inline(always)]
-fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
-    let at = start + offset;
-    if at + size_of::<T>() > end {
-        return None;
+/// Two sources, because the verifier proves reads safe differently for each:
+/// packet memory by comparing pointers against `data_end`, any other memory
+/// by the range of the offset.
+pub trait Frame: Copy {
+    /// A pointer to a `T` at `offset`, if the frame holds all of it: the one
+    /// bounds check every read goes through.
+    fn ptr_at<T>(self, offset: usize) -> Option<*const T>;
+}
+
+/// Packet memory `[start, end)`: XDP's frame, or the linear part of a TC skb.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    start: usize,
+    end: usize,
+}
+
+impl Packet {
+    /// The context's `data` and `data_end`.
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Packet { start, end }
     }
-    Some(at as *const T)
+}
+
+impl Frame for Packet {
+    /// Read at least two bytes at a time: for a one-byte `T` LLVM rewrites
+    /// `at + 1 > end` as `at >= end`, and the verifier derives no readable
+    /// range from that form when the offset is variable.
+    #[inline(always)]
+    fn ptr_at<T>(self, offset: usize) -> Option<*const T> {
+        let at = self.start + offset;
+        if at + size_of::<T>() > self.end {
+            return None;
+        }
+        Some(at as *const T)
+    }
+}
+
+/// Bytes of a frame [`Copied`] holds at most.
+pub const COPY_LEN: usize = 256;
+
+/// The first `len` (at most [`COPY_LEN`]) bytes of a frame, copied into a
+/// buffer of `COPY_LEN` bytes at `start` (TC, when the headers are not in the
+/// skb's linear part).
+#[derive(Clone, Copy)]
+pub struct Copied {
+    start: usize,
+    len: usize,
+}
+
+impl Copied {
+    /// `len` bytes copied to the `COPY_LEN`-byte buffer at `start`.
+    #[inline(always)]
+    pub fn new(start: *const [u8; COPY_LEN], len: usize) -> Self {
+        Copied {
+            start: start as usize,
+            len,
+        }
+    }
+}
+
+impl Frame for Copied {
+    #[inline(always)]
+    fn ptr_at<T>(self, offset: usize) -> Option<*const T> {
+        // The first check bounds the offset against the buffer in a form
+        // the verifier tracks (it does not learn from comparing pointers
+        // outside packet memory); the second is the frame's real end.
+        if offset > COPY_LEN - size_of::<T>() || offset + size_of::<T>() > self.len {
+            return None;
+        }
+        Some((self.start + offset) as *const T)
+    }
 }
 
 #[inline(always)]
-fn be16_at(start: usize, end: usize, offset: usize) -> Option<u16> {
-    // SAFETY: ptr_at checked both bytes are inside the packet.
-    ptr_at::<[u8; 2]>(start, end, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+fn be16_at<F: Frame>(frame: F, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked both bytes are inside the frame.
+    frame
+        .ptr_at::<[u8; 2]>(offset)
+        .map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
 /// The source MAC address of the frame, zeros if it is too short.
 #[inline(always)]
-pub fn src_mac(start: usize, end: usize) -> [u8; 6] {
-    match ptr_at::<[u8; 6]>(start, end, 6) {
-        // SAFETY: ptr_at checked the six bytes are inside the packet.
+pub fn src_mac<F: Frame>(frame: F) -> [u8; 6] {
+    match frame.ptr_at::<[u8; 6]>(6) {
+        // SAFETY: ptr_at checked the six bytes are inside the frame.
         Some(p) => unsafe { *p },
         None => [0; 6],
     }
 }
 
-/// Parses the frame in `[start, end)`. `vlan_hint` is the outer VLAN id when
-/// the stack already took the tag out of the frame (TC ingress).
+/// Parses a frame. `vlan_hint` is the outer VLAN id when the stack already
+/// took the tag out of the frame (TC ingress).
 #[inline(always)]
-pub fn parse(start: usize, end: usize, vlan_hint: Option<u16>) -> Parsed {
-    let Some(mut ethertype) = be16_at(start, end, 12) else {
+pub fn parse<F: Frame>(frame: F, vlan_hint: Option<u16>) -> Parsed {
+    let Some(mut ethertype) = be16_at(frame, 12) else {
         return Parsed::Malformed;
     };
     let mut offset = ETH_HLEN;
@@ -109,9 +173,7 @@ pub fn parse(start: usize, end: usize, vlan_hint: Option<u16>) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let (Some(tci), Some(inner)) =
-            (be16_at(start, end, offset), be16_at(start, end, offset + 2))
-        else {
+        let (Some(tci), Some(inner)) = (be16_at(frame, offset), be16_at(frame, offset + 2)) else {
             return Parsed::Malformed;
         };
         if !have_vlan {
@@ -122,15 +184,15 @@ pub fn parse(start: usize, end: usize, vlan_hint: Option<u16>) -> Parsed {
         offset += 4;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(start, end, offset, vlan),
-        ETH_P_IPV6 => parse_ipv6(start, end, offset, vlan),
+        ETH_P_IP => parse_ipv4(frame, offset, vlan),
+        ETH_P_IPV6 => parse_ipv6(frame, offset, vlan),
         _ => Parsed::NonIp,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
-    let Some(hdr) = ptr_at::<[u8; 20]>(start, end, offset) else {
+fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
+    let Some(hdr) = frame.ptr_at::<[u8; 20]>(offset) else {
         return Parsed::Malformed;
     };
     // SAFETY: ptr_at checked the 20-byte fixed header is inside the packet.
@@ -145,7 +207,7 @@ fn parse_ipv4(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
     // Only the first fragment carries the L4 header (RFC 791); later ones are
     // accounted with ports 0, as NetFlow and pmacct do.
     let l4 = if fragment_offset == 0 {
-        parse_l4(start, end, offset + ihl, proto)
+        parse_l4(frame, offset + ihl, proto)
     } else {
         L4::default()
     };
@@ -168,8 +230,8 @@ fn parse_ipv4(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
-    let Some(hdr) = ptr_at::<[u8; 40]>(start, end, offset) else {
+fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
+    let Some(hdr) = frame.ptr_at::<[u8; 40]>(offset) else {
         return Parsed::Malformed;
     };
     // SAFETY: ptr_at checked the 40-byte fixed header is inside the packet.
@@ -184,7 +246,7 @@ fn parse_ipv6(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
     let meta_tos = (hdr[0] << 4) | (hdr[1] >> 4);
     let ip_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u32 + 40;
 
-    let (proto, l4) = walk_ipv6_extensions(start, end, offset + 40, hdr[6]);
+    let (proto, l4) = walk_ipv6_extensions(frame, offset + 40, hdr[6]);
     let key = FlowKeyV6 {
         src,
         dst,
@@ -208,11 +270,11 @@ fn parse_ipv6(start: usize, end: usize, offset: usize, vlan: u16) -> Parsed {
 /// value reached: the upper-layer protocol, or the extension header the walk
 /// stopped at (bound reached, truncated, or a non-first fragment).
 #[inline(always)]
-fn walk_ipv6_extensions(start: usize, end: usize, mut offset: usize, mut next: u8) -> (u8, L4) {
+fn walk_ipv6_extensions<F: Frame>(frame: F, mut offset: usize, mut next: u8) -> (u8, L4) {
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                let Some(h) = ptr_at::<[u8; 2]>(start, end, offset) else {
+                let Some(h) = frame.ptr_at::<[u8; 2]>(offset) else {
                     return (next, L4::default());
                 };
                 // SAFETY: ptr_at checked both bytes are inside the packet.
@@ -228,7 +290,7 @@ fn walk_ipv6_extensions(start: usize, end: usize, mut offset: usize, mut next: u
                 offset += bytes;
             }
             IPPROTO_FRAGMENT => {
-                let Some(h) = ptr_at::<[u8; 4]>(start, end, offset) else {
+                let Some(h) = frame.ptr_at::<[u8; 4]>(offset) else {
                     return (next, L4::default());
                 };
                 // SAFETY: ptr_at checked the four bytes are inside the packet.
@@ -241,14 +303,14 @@ fn walk_ipv6_extensions(start: usize, end: usize, mut offset: usize, mut next: u
                     return (next, L4::default());
                 }
             }
-            _ => return (next, parse_l4(start, end, offset, next)),
+            _ => return (next, parse_l4(frame, offset, next)),
         }
     }
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             (next, L4::default())
         }
-        _ => (next, parse_l4(start, end, offset, next)),
+        _ => (next, parse_l4(frame, offset, next)),
     }
 }
 
@@ -256,9 +318,9 @@ fn walk_ipv6_extensions(start: usize, end: usize, mut offset: usize, mut next: u
 /// TCP flags. A truncated L4 header leaves zeros: the packet still counts as
 /// a flow of its L3 protocol.
 #[inline(always)]
-fn parse_l4(start: usize, end: usize, offset: usize, proto: u8) -> L4 {
+fn parse_l4<F: Frame>(frame: F, offset: usize, proto: u8) -> L4 {
     match proto {
-        IPPROTO_TCP => match ptr_at::<[u8; 14]>(start, end, offset) {
+        IPPROTO_TCP => match frame.ptr_at::<[u8; 14]>(offset) {
             // SAFETY: ptr_at checked the 14 bytes up to the flags are inside.
             Some(h) => {
                 let h = unsafe { &*h };
@@ -270,8 +332,7 @@ fn parse_l4(start: usize, end: usize, offset: usize, proto: u8) -> L4 {
             }
             None => L4::default(),
         },
-        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match ptr_at::<[u8; 4]>(start, end, offset)
-        {
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match frame.ptr_at::<[u8; 4]>(offset) {
             // SAFETY: ptr_at checked both ports are inside.
             Some(h) => {
                 let h = unsafe { &*h };
@@ -283,7 +344,7 @@ fn parse_l4(start: usize, end: usize, offset: usize, proto: u8) -> L4 {
             }
             None => L4::default(),
         },
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => match ptr_at::<[u8; 2]>(start, end, offset) {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match frame.ptr_at::<[u8; 2]>(offset) {
             // SAFETY: ptr_at checked type and code are inside.
             Some(h) => {
                 let h = unsafe { &*h };

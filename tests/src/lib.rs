@@ -16,3 +16,4 @@ pub mod packet;
 pub mod peers;
 pub mod procfs;
 pub mod send;
+pub mod trafgen;

@@ -6,12 +6,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use flowagent_tests::{
-    agent::{Agent, Output},
+    agent::{Agent, Output, TempDir},
     lab::{GEN_MAC, Lab, OBS_MAC},
     packet::{
         self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, V4Opts, mac, tcp_flags, v4, v6,
     },
     send::Sender,
+    trafgen,
 };
 use serde_json::Value;
 
@@ -309,21 +310,48 @@ fn xdp_counts_exact_flows() {
     }
 }
 
-/// Runs the agent on `gb` with `mode_args`, sends the standard mix (from the
-/// generator, or out of `gb` itself for egress) and checks every flow.
-fn mix_through(tag: &str, mode_args: &[&str], direction: &str) -> Output {
+/// How test frames are sent.
+#[derive(Clone, Copy)]
+enum Via {
+    /// One sendto() per frame on an AF_PACKET socket: the skb is linear.
+    Socket,
+    /// trafgen's AF_PACKET TX ring (through the qdisc layer, so that TC
+    /// egress sees it too): only the Ethernet header is in the skb's linear
+    /// part, the rest stays in page fragments (what makes the TC program
+    /// copy the headers out instead of reading packet memory).
+    TxRing,
+}
+
+/// Sends the mix from `dev` in namespace `ns`.
+fn send_mix_via(via: Via, ns: &str, dev: &str, mix: &[Expect]) {
+    match via {
+        Via::Socket => send_mix(&Sender::new(ns, dev), mix),
+        Via::TxRing => {
+            let dir = TempDir::new("txring");
+            let conf = dir.0.join("frame.cfg");
+            for frames in mix.iter().flat_map(|e| e.frames.chunk_by(|a, b| a == b)) {
+                trafgen::write_config(&conf, &frames[0], None);
+                trafgen::send_through_qdisc(ns, dev, &conf, frames.len() as u64);
+            }
+        }
+    }
+}
+
+/// Runs the agent on `gb` with `mode_args`, sends the standard mix `via` a
+/// socket or TX ring (from the generator, or out of `gb` itself for
+/// egress) and checks every flow.
+fn mix_through(tag: &str, mode_args: &[&str], direction: &str, via: Via) -> Output {
     let lab = Lab::new(tag);
     let mut args = vec!["--iface", "gb", "--interval", "60"];
     args.extend_from_slice(mode_args);
     let agent = Agent::start(&lab.obs, &args);
     let mix = standard_mix();
-    let sender = if direction == "egress" {
+    if direction == "egress" {
         // Frames leave the observed namespace through gb: the egress hook sees them.
-        Sender::new(lab.obs.name(), "gb")
+        send_mix_via(via, lab.obs.name(), "gb", &mix);
     } else {
-        Sender::new(lab.gen_ns.name(), "ga")
-    };
-    send_mix(&sender, &mix);
+        send_mix_via(via, lab.gen_ns.name(), "ga", &mix);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let out = agent.stop();
     check_mix(&out, &mix, "gb", direction);
@@ -332,7 +360,7 @@ fn mix_through(tag: &str, mode_args: &[&str], direction: &str) -> Output {
 
 #[test]
 fn xdp_generic_counts_exact_flows() {
-    let out = mix_through("xdpg", &["--mode", "xdp-generic"], "ingress");
+    let out = mix_through("xdpg", &["--mode", "xdp-generic"], "ingress", Via::Socket);
     assert!(
         out.log.contains("attached generic XDP to gb"),
         "{}",
@@ -346,18 +374,38 @@ fn tc_ingress_counts_exact_flows() {
         "tci",
         &["--mode", "tc", "--direction", "ingress"],
         "ingress",
+        Via::Socket,
+    );
+}
+
+/// Frames whose headers are not in the skb's linear part are parsed from a
+/// copy, with the same exact results.
+#[test]
+fn tc_ingress_counts_exact_flows_from_a_tx_ring() {
+    mix_through(
+        "tcr",
+        &["--mode", "tc", "--direction", "ingress"],
+        "ingress",
+        Via::TxRing,
     );
 }
 
 #[test]
 fn tc_egress_counts_exact_flows() {
-    let out = mix_through("tce", &["--mode", "tc", "--direction", "egress"], "egress");
-    // Locally sent: no ingress interface.
-    assert!(
-        out.flows.iter().all(|f| f["iface_in"].is_null()),
-        "{:#?}",
-        out.flows
-    );
+    for (tag, via) in [("tce", Via::Socket), ("tcer", Via::TxRing)] {
+        let out = mix_through(
+            tag,
+            &["--mode", "tc", "--direction", "egress"],
+            "egress",
+            via,
+        );
+        // Locally sent: no ingress interface.
+        assert!(
+            out.flows.iter().all(|f| f["iface_in"].is_null()),
+            "{:#?}",
+            out.flows
+        );
+    }
 }
 
 /// Sums packets and bytes per (src, dst, sport, dport) over all records.

@@ -19,7 +19,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
 /// that nothing is left attached), util-linux (setpriv, unshare for the
 /// privilege and BTF error tests), iputils-ping, and the real BGP peers the
-/// BGP tests run: bird2, gobgpd and frr (its bgpd runs without systemd).
+/// BGP tests run: bird2, gobgpd and frr (its bgpd runs without systemd);
+/// netsniff-ng for trafgen, whose TX ring sends frames the TC program sees
+/// with their headers outside the skb's linear part.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -28,6 +30,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bird2",
     "gobgpd",
     "frr",
+    "netsniff-ng",
 ];
 
 /// Installs whatever is missing.

@@ -23,9 +23,8 @@ use super::{
     cpu::busy_seconds,
     kernel::frame_v4,
     report::{Figure, median},
-    trafgen,
 };
-use crate::{agent::Agent, lab::Lab, peers::Pmacctd};
+use crate::{agent::Agent, lab::Lab, peers::Pmacctd, trafgen};
 
 const SECTION: &str = "end to end against pmacctd";
 

@@ -6,8 +6,8 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{kernel::frame_v4, report::Figure, trafgen};
-use crate::{agent::Agent, lab::Lab};
+use super::{kernel::frame_v4, report::Figure};
+use crate::{agent::Agent, lab::Lab, trafgen};
 
 const SECTION: &str = "memory under a flow flood";
 

@@ -25,14 +25,12 @@ use aya::{
 use flowagent::capture::loader::{load_object, program, sample_threshold};
 use flowagent_common::names;
 
-use super::{
-    report::{Figure, median},
-    trafgen,
-};
+use super::report::{Figure, median};
 use crate::{
     lab::{GEN_MAC, Lab, OBS_MAC},
     netns::in_netns,
     packet::{self, ETH_P_IP, ETH_P_IPV6, V4Opts, mac, v4, v6},
+    trafgen,
 };
 
 const SECTION: &str = "in-kernel cost per packet";

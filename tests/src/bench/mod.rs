@@ -11,7 +11,6 @@ pub mod kernel;
 pub mod lpm;
 pub mod report;
 pub mod rib;
-pub mod trafgen;
 
 use std::path::Path;
 

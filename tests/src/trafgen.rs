@@ -22,13 +22,25 @@ pub fn write_config(path: &Path, frame: &[u8], random: Option<(usize, usize)>) {
 }
 
 /// Sends `count` packets from `dev` in namespace `ns` on one CPU; returns
-/// the wall time it took.
+/// the wall time it took. Frames bypass the sender's qdisc layer (trafgen's
+/// default, PACKET_QDISC_BYPASS), so no TC egress hook sees them.
 pub fn send(ns: &str, dev: &str, config: &Path, count: u64) -> std::time::Duration {
+    run(ns, dev, config, count, &[])
+}
+
+/// Like [`send`], through the sender's qdisc layer, where TC egress
+/// programs on `dev` see the frames.
+pub fn send_through_qdisc(ns: &str, dev: &str, config: &Path, count: u64) -> std::time::Duration {
+    run(ns, dev, config, count, &["--qdisc-path"])
+}
+
+fn run(ns: &str, dev: &str, config: &Path, count: u64, extra: &[&str]) -> std::time::Duration {
     let start = Instant::now();
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "trafgen", "--dev", dev, "--conf"])
         .arg(config)
         .args(["--num", &count.to_string(), "--cpus", "1", "--no-sock-mem"])
+        .args(extra)
         .output()
         .expect("run trafgen (Debian package netsniff-ng)");
     assert!(
