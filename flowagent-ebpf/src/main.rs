@@ -6,8 +6,10 @@
 //! never drops, redirects or modifies traffic.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod account;
+mod load;
 mod maps;
 mod parse;
 

@@ -11,6 +11,8 @@ use core::mem::size_of;
 
 use flowagent_common::{FlowKeyV4, FlowKeyV6};
 
+use crate::load::{be16, bytes4, bytes16};
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -145,7 +147,7 @@ fn be16_at<F: Frame>(frame: F, offset: usize) -> Option<u16> {
     // SAFETY: ptr_at checked both bytes are inside the frame.
     frame
         .ptr_at::<[u8; 2]>(offset)
-        .map(|p| u16::from_be_bytes(unsafe { *p }))
+        .map(|p| unsafe { be16::<0>(p.cast()) })
 }
 
 /// The source MAC address of the frame, zeros if it is too short.
@@ -195,7 +197,8 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
     let Some(hdr) = frame.ptr_at::<[u8; 20]>(offset) else {
         return Parsed::Malformed;
     };
-    // SAFETY: ptr_at checked the 20-byte fixed header is inside the packet.
+    let at = hdr.cast::<u8>();
+    // SAFETY: ptr_at checked the 20-byte fixed header is inside the frame.
     let hdr = unsafe { &*hdr };
     let version = hdr[0] >> 4;
     let ihl = ((hdr[0] & 0x0f) as usize) * 4;
@@ -203,7 +206,8 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
         return Parsed::Malformed;
     }
     let proto = hdr[9];
-    let fragment_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    // SAFETY (all loads from `at`): within the checked 20 bytes.
+    let fragment_offset = unsafe { be16::<6>(at) } & 0x1fff;
     // Only the first fragment carries the L4 header (RFC 791); later ones are
     // accounted with ports 0, as NetFlow and pmacct do.
     let l4 = if fragment_offset == 0 {
@@ -212,8 +216,8 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
         L4::default()
     };
     let key = FlowKeyV4 {
-        src: [hdr[12], hdr[13], hdr[14], hdr[15]],
-        dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
+        src: unsafe { bytes4::<12>(at) },
+        dst: unsafe { bytes4::<16>(at) },
         ifindex: 0,
         src_port: l4.src_port,
         dst_port: l4.dst_port,
@@ -222,7 +226,7 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
         direction: 0,
     };
     let meta = Meta {
-        ip_len: u16::from_be_bytes([hdr[2], hdr[3]]) as u32,
+        ip_len: unsafe { be16::<2>(at) } as u32,
         tos: hdr[1],
         tcp_flags: l4.tcp_flags,
     };
@@ -234,17 +238,16 @@ fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
     let Some(hdr) = frame.ptr_at::<[u8; 40]>(offset) else {
         return Parsed::Malformed;
     };
-    // SAFETY: ptr_at checked the 40-byte fixed header is inside the packet.
+    let at = hdr.cast::<u8>();
+    // SAFETY: ptr_at checked the 40-byte fixed header is inside the frame.
     let hdr = unsafe { &*hdr };
     if hdr[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    dst.copy_from_slice(&hdr[24..40]);
+    // SAFETY (all loads from `at`): within the checked 40 bytes.
+    let (src, dst) = unsafe { (bytes16::<8>(at), bytes16::<24>(at)) };
     let meta_tos = (hdr[0] << 4) | (hdr[1] >> 4);
-    let ip_len = u16::from_be_bytes([hdr[4], hdr[5]]) as u32 + 40;
+    let ip_len = unsafe { be16::<4>(at) } as u32 + 40;
 
     let (proto, l4) = walk_ipv6_extensions(frame, offset + 40, hdr[6]);
     let key = FlowKeyV6 {
@@ -295,7 +298,8 @@ fn walk_ipv6_extensions<F: Frame>(frame: F, mut offset: usize, mut next: u8) -> 
                 };
                 // SAFETY: ptr_at checked the four bytes are inside the packet.
                 let h = unsafe { *h };
-                let (nh, frag) = (h[0], u16::from_be_bytes([h[2], h[3]]));
+                // SAFETY: within the checked four bytes.
+                let (nh, frag) = (h[0], unsafe { be16::<2>(h.as_ptr()) });
                 next = nh;
                 offset += 8;
                 if frag & 0xfff8 != 0 {
@@ -321,39 +325,40 @@ fn walk_ipv6_extensions<F: Frame>(frame: F, mut offset: usize, mut next: u8) -> 
 fn parse_l4<F: Frame>(frame: F, offset: usize, proto: u8) -> L4 {
     match proto {
         IPPROTO_TCP => match frame.ptr_at::<[u8; 14]>(offset) {
-            // SAFETY: ptr_at checked the 14 bytes up to the flags are inside.
             Some(h) => {
-                let h = unsafe { &*h };
-                L4 {
-                    src_port: u16::from_be_bytes([h[0], h[1]]),
-                    dst_port: u16::from_be_bytes([h[2], h[3]]),
-                    tcp_flags: h[13],
+                let h = h.cast::<u8>();
+                // SAFETY: ptr_at checked the 14 bytes up to the flags are inside.
+                unsafe {
+                    L4 {
+                        src_port: be16::<0>(h),
+                        dst_port: be16::<2>(h),
+                        tcp_flags: *h.add(13),
+                    }
                 }
             }
             None => L4::default(),
         },
         IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match frame.ptr_at::<[u8; 4]>(offset) {
-            // SAFETY: ptr_at checked both ports are inside.
             Some(h) => {
-                let h = unsafe { &*h };
-                L4 {
-                    src_port: u16::from_be_bytes([h[0], h[1]]),
-                    dst_port: u16::from_be_bytes([h[2], h[3]]),
-                    tcp_flags: 0,
+                let h = h.cast::<u8>();
+                // SAFETY: ptr_at checked both ports are inside.
+                unsafe {
+                    L4 {
+                        src_port: be16::<0>(h),
+                        dst_port: be16::<2>(h),
+                        tcp_flags: 0,
+                    }
                 }
             }
             None => L4::default(),
         },
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match frame.ptr_at::<[u8; 2]>(offset) {
-            // SAFETY: ptr_at checked type and code are inside.
-            Some(h) => {
-                let h = unsafe { &*h };
-                L4 {
-                    src_port: 0,
-                    dst_port: u16::from_be_bytes([h[0], h[1]]),
-                    tcp_flags: 0,
-                }
-            }
+            Some(h) => L4 {
+                src_port: 0,
+                // SAFETY: ptr_at checked type and code are inside.
+                dst_port: unsafe { be16::<0>(h.cast()) },
+                tcp_flags: 0,
+            },
             None => L4::default(),
         },
         _ => L4::default(),
