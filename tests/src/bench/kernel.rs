@@ -167,7 +167,7 @@ struct Scenario {
 /// Live-traffic figures.
 pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
     let packets: u64 = if quick { 200_000 } else { 1_000_000 };
-    let reps = if quick { 1 } else { 3 };
+    let reps = if quick { 1 } else { 5 };
     let big_map = (packets as u32 + 1).next_power_of_two();
     let scenarios = [
         Scenario {
@@ -236,13 +236,16 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
     ];
     let lab = Lab::new("bk");
     let _stats = BpfStats::enable();
-    let mut raw = Vec::new();
-    for s in &scenarios {
-        let frame = if s.v6 { frame_v6() } else { frame_v4() };
-        let conf = dir.join("trafgen.cfg");
-        trafgen::write_config(&conf, &frame, s.random_src.then_some((V4_SRC_AT, 4)));
-        let mut samples = Vec::new();
-        for _ in 0..reps {
+    let conf = dir.join("trafgen.cfg");
+    // Rounds outermost: every round measures the no-op and each scenario
+    // back to back, and each scenario is compared with the no-op of its own
+    // round, so drift in the machine's state (its load, the host's) between
+    // rounds does not bias one figure against another.
+    let mut raw = vec![Vec::new(); scenarios.len()];
+    for _ in 0..reps {
+        for (s, samples) in scenarios.iter().zip(&mut raw) {
+            let frame = if s.v6 { frame_v6() } else { frame_v4() };
+            trafgen::write_config(&conf, &frame, s.random_src.then_some((V4_SRC_AT, 4)));
             let ebpf = attach(lab.obs.name(), "gb", s.prog, s.sampling, s.max_flows);
             let (t0, n0) = stats(&ebpf, s.prog);
             trafgen::send(lab.gen_ns.name(), "ga", &conf, packets);
@@ -257,12 +260,11 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             samples.push((t1 - t0) as f64 / (n1 - n0) as f64);
             drop(ebpf);
         }
-        raw.push(samples);
     }
     let noop = median(&raw[0]);
     let conditions = |s: &Scenario| {
         format!(
-            "native XDP on veth, {} B frames, {packets} packets from trafgen on 1 CPU, {}{}",
+            "native XDP on veth, {} B frames, {packets} packets from trafgen on 1 CPU, {}{}; {reps} rounds, each against the no-op of its round",
             if s.v6 { 64 } else { 60 },
             if s.random_src {
                 "random IPv4 source per packet"
@@ -287,7 +289,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         conditions: conditions(&scenarios[0]),
     }];
     for (s, samples) in scenarios.iter().zip(&raw).skip(1) {
-        let above: Vec<f64> = samples.iter().map(|v| v - noop).collect();
+        let above: Vec<f64> = samples.iter().zip(&raw[0]).map(|(v, n)| v - n).collect();
         let value = median(&above);
         figures.push(Figure {
             section: SECTION,
