@@ -25,8 +25,11 @@ pub mod names {
     pub const CONTROL: &str = "CONTROL";
     /// Two-entry array the clock program fills: [jiffies, CLOCK_MONOTONIC ns].
     pub const CLOCK: &str = "CLOCK";
-    /// Global (`.rodata`): packets are sampled when a random `u32` is below this.
+    /// Global (`.rodata`): packets are sampled when a random `u32` is below
+    /// this; read only by CPUs numbered [`crate::SAMPLER_CPUS`] and above.
     pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
+    /// Global (`.bss`): `[Sampler; SAMPLER_CPUS]`, one per CPU number.
+    pub const SAMPLERS: &str = "SAMPLERS";
     /// The XDP program.
     pub const PROG_XDP: &str = "flowagent_xdp";
     /// An XDP program never attached: run by the agent through
@@ -41,6 +44,43 @@ pub mod names {
     /// The TC classifier for clsact/tcx egress.
     pub const PROG_TC_EGRESS: &str = "flowagent_tc_egress";
 }
+
+/// CPUs whose sampling state is a [`Sampler`] in the `SAMPLERS` global;
+/// CPUs beyond use a per-CPU map and the `SAMPLE_THRESHOLD` global.
+pub const SAMPLER_CPUS: usize = 512;
+
+/// One CPU's sampling decision: its generator state and the threshold, in
+/// one cache line of its own.
+///
+/// Why the threshold is copied into every CPU's line: a sampled-out packet
+/// then reads one line and nothing else. With live traffic the network stack
+/// runs between two packets and evicts L1, so every further line (the
+/// `.rodata` threshold was one) costs a miss on most packets.
+#[repr(C, align(64))]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Sampler {
+    /// xorshift32 state (host order); 0 until the CPU's first decision seeds
+    /// it. Written only by the programs running on that CPU.
+    pub state: u32,
+    /// A packet is sampled when a uniform random `u32` is below this; 0
+    /// samples every packet. Set by the agent at load time.
+    pub threshold: u32,
+    /// Explicit padding to the cache line, always zero.
+    pub _pad: [u8; 56],
+}
+
+impl Sampler {
+    /// An unseeded sampler with this threshold.
+    pub const fn new(threshold: u32) -> Self {
+        Sampler {
+            state: 0,
+            threshold,
+            _pad: [0; 56],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Sampler>() == 64);
 
 /// Default number of entries in each flow map (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;

@@ -6,15 +6,17 @@ extern crate std;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{FlowKeyV4, FlowKeyV6, FlowStats};
+use crate::{FlowKeyV4, FlowKeyV6, FlowStats, Sampler};
 
-// SAFETY: all three are `#[repr(C)]`, `Copy`, built only from integers and
+// SAFETY: all four are `#[repr(C)]`, `Copy`, built only from integers and
 // byte arrays with explicit padding, so every bit pattern is a valid value.
 unsafe impl aya::Pod for FlowKeyV4 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowKeyV6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowStats {}
+// SAFETY: as above (two u32 and 56 bytes of padding, no implicit padding).
+unsafe impl aya::Pod for Sampler {}
 
 impl FlowKeyV4 {
     /// Source address.

@@ -25,24 +25,10 @@ use crate::{
     parse::{COPY_LEN, Copied, Packet},
 };
 
-/// Packets are sampled when a uniform random `u32` ([`maps::random_u32`]) is
-/// below `SAMPLE_THRESHOLD`; 0 means every packet (1:1). Set by the agent at load time, so the verifier
-/// sees a constant.
-#[unsafe(no_mangle)]
-static SAMPLE_THRESHOLD: u32 = 0;
-
-#[inline(always)]
-fn sampled_out() -> bool {
-    // SAFETY: reading a plain `.rodata` global; volatile stops the compiler
-    // from folding the default value in before the loader overrides it.
-    let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
-    threshold != 0 && maps::random_u32() >= threshold
-}
-
 /// XDP ingress accounting.
 #[xdp]
 pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
-    if !sampled_out() {
+    if !maps::sampled_out() {
         let obs = Observation {
             ifindex: ctx.ingress_ifindex() as u32,
             direction: DIRECTION_INGRESS,
@@ -94,7 +80,7 @@ pub fn flowagent_clock(_ctx: XdpContext) -> u32 {
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
-    if !sampled_out() {
+    if !maps::sampled_out() {
         tc_account(&ctx, DIRECTION_INGRESS);
     }
     TC_ACT_OK
@@ -103,7 +89,7 @@ pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
 /// TC (tcx/clsact) egress accounting.
 #[classifier]
 pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
-    if !sampled_out() {
+    if !maps::sampled_out() {
         tc_account(&ctx, DIRECTION_EGRESS);
     }
     TC_ACT_OK

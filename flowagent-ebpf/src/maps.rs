@@ -6,8 +6,8 @@
 //! races with a writer (see the agent's `drain` module for the barrier).
 //!
 //! The sampling generator's state is per CPU and only ever written by its
-//! own CPU: in `RNG_STATE` (one cache line per CPU) for the first
-//! `RNG_CPUS` CPUs, in the `RNG` per-CPU array beyond.
+//! own CPU: in `SAMPLERS` (one cache line per CPU, beside the threshold) for
+//! the first `SAMPLER_CPUS` CPUs, in the `RNG` per-CPU array beyond.
 
 use crate::parse::COPY_LEN;
 use aya_ebpf::{
@@ -15,7 +15,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 use flowagent_common::{
-    COUNTERS_PER_SLOT, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS,
+    COUNTERS_PER_SLOT, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6, FlowStats, SAMPLER_CPUS, SLOTS,
+    Sampler,
 };
 
 /// IPv4 flows, slot 0.
@@ -45,32 +46,25 @@ pub static HEADERS: PerCpuArray<[u8; COPY_LEN]> = PerCpuArray::with_max_entries(
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS * COUNTERS_PER_SLOT, 0);
 
 /// Per-CPU xorshift32 state for the sampling decision (0: not seeded yet),
-/// for CPUs numbered [`RNG_CPUS`] and above.
+/// for CPUs numbered [`SAMPLER_CPUS`] and above.
 #[map]
 pub static RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// CPUs whose sampling state lives in [`RNG_STATE`].
-const RNG_CPUS: usize = 512;
-
-/// One CPU's xorshift32 state, alone in its cache line so that no two CPUs
-/// ever write the same line.
-#[repr(C, align(64))]
-pub struct RngState {
-    /// The generator state; 0 until the CPU's first packet seeds it.
-    x: u32,
-}
-
-/// Sampling state of CPUs 0 to [`RNG_CPUS`] - 1, indexed by CPU number
-/// (.bss, 32 KiB).
+/// The sampling decision of CPUs 0 to [`SAMPLER_CPUS`] - 1, indexed by CPU
+/// number (.bss, 32 KiB; the agent sets every threshold at load time).
 ///
-/// Why not the `RNG` per-CPU array for every CPU: its inlined lookup loads
-/// the map's per-CPU pointer table before the state, two dependent cache
-/// lines on the sampled-out path, which with live traffic (the stack and the
-/// sender between two packets evict L1) cost more than the generator itself.
-/// Here the address is the inlined `bpf_get_smp_processor_id()` (a per-CPU
-/// variable the kernel keeps hot) times 64: one line.
+/// Why not a per-CPU array map: its inlined lookup loads the map's per-CPU
+/// pointer table before the value, two dependent cache lines on the
+/// sampled-out path. Here the address is the inlined
+/// `bpf_get_smp_processor_id()` (a per-CPU variable the kernel keeps hot)
+/// times 64: one line, which also holds the threshold (see [`Sampler`]).
 #[unsafe(no_mangle)]
-static mut RNG_STATE: [RngState; RNG_CPUS] = [const { RngState { x: 0 } }; RNG_CPUS];
+static mut SAMPLERS: [Sampler; SAMPLER_CPUS] = [Sampler::new(0); SAMPLER_CPUS];
+
+/// The threshold for CPUs numbered [`SAMPLER_CPUS`] and above, set by the
+/// agent at load time (the verifier sees a constant).
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: u32 = 0;
 
 /// Written by the clock program: [jiffies, CLOCK_MONOTONIC ns] of one instant.
 #[map]
@@ -89,28 +83,38 @@ pub fn active_slot() -> u32 {
     }
 }
 
-/// A uniform random `u32` from this CPU's xorshift32 generator (Marsaglia,
-/// "Xorshift RNGs", 2003), seeded once from `bpf_get_prandom_u32()`.
+/// Whether this packet is left out by 1-in-N sampling.
 ///
-/// Why not call the helper per packet: a helper call costs about 15 ns on
-/// these machines, most of the sampled-out path's budget; the state lookup
-/// is inlined (see [`RNG_STATE`]) and the generator is six ALU ops. The
-/// output is never 0 and period 2^32 - 1, plenty for 1-in-N sampling.
+/// The decision draws from this CPU's xorshift32 generator (Marsaglia,
+/// "Xorshift RNGs", 2003), seeded once from `bpf_get_prandom_u32()`: a
+/// helper call costs about 15 ns on these machines, most of the sampled-out
+/// path's budget, while the generator is six ALU ops. Its output is never 0
+/// and its period 2^32 - 1, plenty for 1-in-N sampling.
 #[inline(always)]
-pub fn random_u32() -> u32 {
+pub fn sampled_out() -> bool {
     // SAFETY: helper without preconditions; the verifier inlines it.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
-    let state: *mut u32 = if cpu < RNG_CPUS {
-        // SAFETY: in bounds (checked above); a raw pointer, no reference to
-        // the `static mut` is formed.
-        unsafe { &raw mut RNG_STATE[cpu].x }
+    let (state, threshold): (*mut u32, u32) = if cpu < SAMPLER_CPUS {
+        // SAFETY: in bounds (checked above); raw pointers, no reference to
+        // the `static mut` is formed. The threshold is only written by the
+        // loader, before any program runs.
+        unsafe {
+            let sampler = &raw mut SAMPLERS[cpu];
+            (&raw mut (*sampler).state, (*sampler).threshold)
+        }
     } else {
+        // SAFETY: reading a plain `.rodata` global; volatile stops the
+        // compiler from folding the default value in before the loader
+        // overrides it.
+        let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
         match RNG.get_ptr_mut(0) {
-            Some(state) => state,
-            // SAFETY: helper without preconditions.
-            None => return unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() },
+            Some(state) => (state, threshold),
+            None => return false,
         }
     };
+    if threshold == 0 {
+        return false;
+    }
     // SAFETY: this CPU's own state; nothing else writes it while this
     // program runs (programs do not nest on one CPU here, and a CPU only
     // touches its own entry).
@@ -124,7 +128,7 @@ pub fn random_u32() -> u32 {
     x ^= x << 5;
     // SAFETY: as above.
     unsafe { *state = x };
-    x
+    x >= threshold
 }
 
 /// Adds `packets` and `bytes` to a pair of counters of `slot`.

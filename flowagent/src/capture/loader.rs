@@ -1,12 +1,12 @@
-//! Loads the eBPF object with this run's settings: the sampling threshold as
-//! a read-only global and the flow maps' size, then verifies the programs the
-//! mode needs.
+//! Loads the eBPF object with this run's settings: the sampling threshold in
+//! every CPU's sampler (and the read-only global CPUs beyond them use), the
+//! flow maps' size; then verifies the programs the mode needs.
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use flowagent_common::names;
+use flowagent_common::{SAMPLER_CPUS, Sampler, names};
 
 use super::Error;
 use crate::config::{Config, Mode};
@@ -29,13 +29,10 @@ pub fn sample_threshold(rate: u32) -> u32 {
 /// `max_flows` entries: maps created, and the clock program the drain runs
 /// loaded; the flow programs are left to the caller.
 pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
-    let threshold = sample_threshold(sampling);
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::SAMPLE_THRESHOLD, &threshold, true);
-    for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
-        loader.map_max_entries(name, max_flows);
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(Error::Load)?;
+    let globals = Globals::new(sampling);
+    let mut ebpf = configure(&globals, max_flows)
+        .load(EBPF_OBJECT)
+        .map_err(Error::Load)?;
     program::<Xdp>(&mut ebpf, names::PROG_CLOCK)?
         .load()
         .map_err(|source| Error::Program {
@@ -43,6 +40,35 @@ pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
             source,
         })?;
     Ok(ebpf)
+}
+
+/// The values the loader writes into the object's globals for one sampling
+/// rate: every CPU's sampler and the threshold of CPUs beyond them.
+pub struct Globals {
+    samplers: Box<[Sampler; SAMPLER_CPUS]>,
+    threshold: u32,
+}
+
+impl Globals {
+    /// The globals for 1-in-`sampling` sampling.
+    pub fn new(sampling: u32) -> Self {
+        let threshold = sample_threshold(sampling);
+        Globals {
+            samplers: Box::new([Sampler::new(threshold); SAMPLER_CPUS]),
+            threshold,
+        }
+    }
+}
+
+/// A loader with these globals and flow maps of `max_flows` entries.
+pub fn configure(globals: &Globals, max_flows: u32) -> EbpfLoader<'_> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::SAMPLERS, &*globals.samplers, true);
+    loader.override_global(names::SAMPLE_THRESHOLD, &globals.threshold, true);
+    for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
+        loader.map_max_entries(name, max_flows);
+    }
+    loader
 }
 
 /// Loads the object and the programs `config.mode` uses.

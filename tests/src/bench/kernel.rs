@@ -17,12 +17,12 @@
 use std::path::Path;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{
         ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
     },
 };
-use flowagent::capture::loader::{load_object, program, sample_threshold};
+use flowagent::capture::loader::{Globals, configure, load_object, program};
 use flowagent_common::names;
 
 use super::report::{Figure, median};
@@ -78,13 +78,8 @@ pub fn load(sampling: u32, max_flows: u32) -> Ebpf {
     let Some(path) = std::env::var_os("FLOWAGENT_BENCH_OBJECT") else {
         return load_object(sampling, max_flows).expect("load the eBPF object");
     };
-    let threshold = sample_threshold(sampling);
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::SAMPLE_THRESHOLD, &threshold, true);
-    for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
-        loader.map_max_entries(name, max_flows);
-    }
-    loader
+    let globals = Globals::new(sampling);
+    configure(&globals, max_flows)
         .load_file(&path)
         .unwrap_or_else(|e| panic!("load {}: {e}", path.to_string_lossy()))
 }
