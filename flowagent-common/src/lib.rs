@@ -182,6 +182,11 @@ pub struct FlowKeyV6 {
 }
 
 /// Per-CPU statistics of one flow in one drain slot.
+///
+/// The fields every packet writes (`packets`, `bytes`, `last_seen`,
+/// `tcp_flags`) come first, within 25 bytes, so that the update touches one
+/// cache line more often (the kernel places per-CPU values 8-byte aligned,
+/// not line-aligned); the first-packet fields follow.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -189,17 +194,9 @@ pub struct FlowStats {
     pub packets: u64,
     /// Sum of the IP total length of the sampled packets (IPv6: payload length + 40).
     pub bytes: u64,
-    /// First packet, in kernel jiffies (`bpf_jiffies64()`; the agent maps
+    /// Last packet, in kernel jiffies (`bpf_jiffies64()`; the agent maps
     /// them to wall-clock time, see its drain clock).
-    pub first_seen: u64,
-    /// Last packet, in kernel jiffies.
     pub last_seen: u64,
-    /// Next hop from the FIB for forwarded ingress flows, network order; IPv4
-    /// as an IPv4-mapped IPv6 address; all zero when none.
-    pub next_hop: [u8; 16],
-    /// The other interface of the flow (host order), 0 when unknown: for
-    /// ingress the FIB's egress interface, for egress the packet's ingress interface.
-    pub other_ifindex: u32,
     /// OR of the TCP flags of every packet (0 for other protocols).
     pub tcp_flags: u8,
     /// DSCP/ECN (IPv4 ToS, IPv6 traffic class) of the first packet.
@@ -207,6 +204,14 @@ pub struct FlowStats {
     /// Source MAC address of the first packet (for a peer-source-AS map
     /// keyed by interface and neighbour router MAC).
     pub src_mac: [u8; 6],
+    /// First packet, in kernel jiffies.
+    pub first_seen: u64,
+    /// Next hop from the FIB for forwarded ingress flows, network order; IPv4
+    /// as an IPv4-mapped IPv6 address; all zero when none.
+    pub next_hop: [u8; 16],
+    /// The other interface of the flow (host order), 0 when unknown: for
+    /// ingress the FIB's egress interface, for egress the packet's ingress interface.
+    pub other_ifindex: u32,
     /// Explicit padding, always zero.
     pub _pad: [u8; 4],
 }
@@ -214,9 +219,10 @@ pub struct FlowStats {
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
-const _: () = assert!(core::mem::offset_of!(FlowStats, src_mac) == 54);
+const _: () = assert!(core::mem::offset_of!(FlowStats, tcp_flags) == 24);
+const _: () = assert!(core::mem::offset_of!(FlowStats, src_mac) == 26);
 const _: () = assert!(core::mem::offset_of!(FlowKeyV4, ifindex) == 8);
 const _: () = assert!(core::mem::offset_of!(FlowKeyV6, ifindex) == 32);
-const _: () = assert!(core::mem::offset_of!(FlowStats, next_hop) == 32);
-const _: () = assert!(core::mem::offset_of!(FlowStats, other_ifindex) == 48);
+const _: () = assert!(core::mem::offset_of!(FlowStats, next_hop) == 40);
+const _: () = assert!(core::mem::offset_of!(FlowStats, other_ifindex) == 56);
 const _: () = assert!(Counter::ALL.len() as u32 <= COUNTERS_PER_SLOT);
