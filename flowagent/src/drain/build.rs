@@ -1,0 +1,226 @@
+//! Walking a quiescent flow map on several threads, each building the
+//! records of its own range of hash buckets.
+//!
+//! The kernel's batch walk costs ~0.45 us per entry in cache misses
+//! (bucket, element, one per-CPU value per CPU), so one thread cannot drain
+//! much faster than 2.2 M entries/s; two threads on disjoint bucket ranges
+//! measured 4.4 M/s on 2 CPUs. Splitting is exact: the batch token is a
+//! bucket index, and each entry is copied and deleted under its bucket lock,
+//! so a walk that runs past its range into the next one only takes entries
+//! the next walk then does not see (see [`sys::walk`]).
+//!
+//! Each thread appends to its own vector (a part of [`super::Records`]), so
+//! no record is copied after it is built.
+
+use std::{collections::HashMap, io, net::IpAddr, ops::Range, os::fd::BorrowedFd};
+
+use flowagent_common::{DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
+
+use super::{clock::Snapshot, sys};
+use crate::flow::{FlowDirection, FlowRecord, merge_per_cpu};
+
+/// What every drain thread needs to turn entries into records.
+pub(super) struct Builder<'a> {
+    /// Possible CPUs: per-CPU values come as one `FlowStats` per CPU.
+    pub cpus: usize,
+    /// Jiffies to wall clock for this drain.
+    pub clock: &'a Snapshot,
+    /// Interface names at the drain.
+    pub names: &'a HashMap<u32, String>,
+    /// The sampling rate in force.
+    pub sampling_rate: u32,
+}
+
+/// The bucket range of thread `i` of `threads` on a table of `buckets`
+/// buckets; the last range is open-ended so no bucket is missed whatever
+/// the kernel rounded the table to.
+fn range(i: usize, threads: usize, buckets: u32) -> Range<u32> {
+    let at = |i: usize| (u64::from(buckets) * i as u64 / threads as u64) as u32;
+    let end = if i + 1 == threads {
+        u32::MAX
+    } else {
+        at(i + 1)
+    };
+    at(i)..end
+}
+
+impl Builder<'_> {
+    /// Reads and deletes every entry of `map` (whose kernel table has
+    /// `buckets` buckets), one thread per part, each appending the records
+    /// of its bucket range to its part. Returns the entries walked.
+    ///
+    /// Must only be called on a map no program writes any more.
+    pub fn drain_map<K: aya::Pod>(
+        &self,
+        map: BorrowedFd<'_>,
+        buckets: u32,
+        parts: &mut [Vec<FlowRecord>],
+    ) -> io::Result<usize>
+    where
+        for<'k> KeyParts: From<&'k K>,
+    {
+        let threads = parts.len();
+        let Some((first, rest)) = parts.split_first_mut() else {
+            return Ok(0);
+        };
+        std::thread::scope(|s| {
+            let mut spawned = Vec::with_capacity(rest.len());
+            let mut unspawned = Vec::new();
+            for (i, part) in rest.iter_mut().enumerate() {
+                let range = range(i + 1, threads, buckets);
+                let walk = move || self.walk::<K>(map, range, part);
+                match std::thread::Builder::new()
+                    .name(format!("drain-{}", i + 1))
+                    .spawn_scoped(s, walk)
+                {
+                    Ok(handle) => spawned.push(handle),
+                    // No thread (resource limits): this thread walks the
+                    // range after its own, so no bucket is skipped.
+                    Err(_) => unspawned.push(i + 1),
+                }
+            }
+            let mut walked = vec![self.walk::<K>(map, range(0, threads, buckets), first)];
+            for i in unspawned {
+                walked.push(self.walk::<K>(map, range(i, threads, buckets), first));
+            }
+            for handle in spawned {
+                walked.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                );
+            }
+            walked.into_iter().sum()
+        })
+    }
+
+    /// One thread's walk of `buckets`, appending a record per flow to `part`.
+    fn walk<K: aya::Pod>(
+        &self,
+        map: BorrowedFd<'_>,
+        buckets: Range<u32>,
+        part: &mut Vec<FlowRecord>,
+    ) -> io::Result<usize>
+    where
+        for<'k> KeyParts: From<&'k K>,
+    {
+        let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
+        let mut per_cpu = Vec::with_capacity(self.cpus);
+        sys::walk(
+            map,
+            sys::Walk::LookupAndDelete,
+            std::mem::size_of::<K>(),
+            stride * self.cpus,
+            buckets,
+            sys::BATCH,
+            |k, v| {
+                // SAFETY: the key is size_of::<K>() bytes of a Pod type.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const K) };
+                per_cpu.clear();
+                per_cpu.extend(v.chunks_exact(stride).take(self.cpus).map(|c| {
+                    // SAFETY: each chunk is `stride` >= size_of::<FlowStats>()
+                    // bytes; FlowStats is Pod, so any bytes are a valid value.
+                    unsafe { std::ptr::read_unaligned(c.as_ptr() as *const FlowStats) }
+                }));
+                if let Some(stats) = merge_per_cpu(&per_cpu) {
+                    part.push(self.record(KeyParts::from(&key), &stats));
+                }
+            },
+        )
+    }
+
+    fn record(&self, key: KeyParts, stats: &FlowStats) -> FlowRecord {
+        let direction = FlowDirection::from_code(key.direction);
+        // Index 0 is "no interface"; it is never in the table.
+        let name = |index: u32| self.names.get(&index).cloned();
+        let here = name(key.ifindex);
+        let there = name(stats.other_ifindex);
+        let (iface_in, iface_out) = if key.direction == DIRECTION_EGRESS {
+            (there, here)
+        } else {
+            (here, there)
+        };
+        FlowRecord {
+            src: key.src,
+            dst: key.dst,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            proto: key.proto,
+            tos: stats.tos,
+            tcp_flags: stats.tcp_flags,
+            vlan: key.vlan,
+            ifindex: key.ifindex,
+            direction,
+            other_ifindex: stats.other_ifindex,
+            iface_in,
+            iface_out,
+            next_hop: stats.next_hop_addr(),
+            src_mac: stats.src_mac,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            start: self.clock.wall(stats.first_seen),
+            end: self.clock.wall(stats.last_seen),
+            sampling_rate: self.sampling_rate,
+            enrichment: Default::default(),
+        }
+    }
+}
+
+/// The fields both key types share, in userspace types.
+pub(super) struct KeyParts {
+    src: IpAddr,
+    dst: IpAddr,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+    vlan: u16,
+    ifindex: u32,
+    direction: u8,
+}
+
+impl From<&FlowKeyV4> for KeyParts {
+    fn from(k: &FlowKeyV4) -> Self {
+        Self {
+            src: k.src_addr(),
+            dst: k.dst_addr(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            proto: k.proto,
+            vlan: k.vlan,
+            ifindex: k.ifindex,
+            direction: k.direction,
+        }
+    }
+}
+
+impl From<&FlowKeyV6> for KeyParts {
+    fn from(k: &FlowKeyV6) -> Self {
+        Self {
+            src: k.src_addr(),
+            dst: k.dst_addr(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            proto: k.proto,
+            vlan: k.vlan,
+            ifindex: k.ifindex,
+            direction: k.direction,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_every_bucket_once() {
+        for (threads, buckets) in [(1, 16), (2, 16), (3, 1000), (4, 1 << 20)] {
+            let ranges: Vec<_> = (0..threads).map(|i| range(i, threads, buckets)).collect();
+            assert_eq!(ranges[0].start, 0);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+            assert_eq!(ranges[threads - 1].end, u32::MAX);
+        }
+    }
+}
