@@ -1,5 +1,5 @@
 //! Walking a quiescent flow map on several threads, each building the
-//! records of its own range of hash buckets.
+//! records of the ranges of hash buckets it takes.
 //!
 //! The kernel's batch walk costs ~0.45 us per entry in cache misses
 //! (bucket, element, one per-CPU value per CPU), so one thread cannot drain
@@ -12,7 +12,14 @@
 //! Each thread appends to its own vector (a part of [`super::Records`]), so
 //! no record is copied after it is built.
 
-use std::{collections::HashMap, io, net::IpAddr, ops::Range, os::fd::BorrowedFd};
+use std::{
+    collections::HashMap,
+    io,
+    net::IpAddr,
+    ops::Range,
+    os::fd::BorrowedFd,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use flowagent_common::{DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
 
@@ -31,23 +38,26 @@ pub(super) struct Builder<'a> {
     pub sampling_rate: u32,
 }
 
-/// The bucket range of thread `i` of `threads` on a table of `buckets`
-/// buckets; the last range is open-ended so no bucket is missed whatever
-/// the kernel rounded the table to.
-fn range(i: usize, threads: usize, buckets: u32) -> Range<u32> {
-    let at = |i: usize| (u64::from(buckets) * i as u64 / threads as u64) as u32;
-    let end = if i + 1 == threads {
-        u32::MAX
-    } else {
-        at(i + 1)
-    };
+/// Bucket ranges per walking thread. The threads take ranges from a shared
+/// counter rather than one fixed share each, so a thread slowed down (its
+/// CPU busy with other work) walks fewer of them instead of holding up the
+/// drain; each range costs about one extra batch call.
+const RANGES_PER_THREAD: usize = 8;
+
+/// Range `i` of `ranges` on a table of `buckets` buckets; the last range is
+/// open-ended so no bucket is missed whatever the kernel rounded the table
+/// to.
+fn range(i: usize, ranges: usize, buckets: u32) -> Range<u32> {
+    let at = |i: usize| (u64::from(buckets) * i as u64 / ranges as u64) as u32;
+    let end = if i + 1 == ranges { u32::MAX } else { at(i + 1) };
     at(i)..end
 }
 
 impl Builder<'_> {
     /// Reads and deletes every entry of `map` (whose kernel table has
     /// `buckets` buckets), one thread per part, each appending the records
-    /// of its bucket range to its part. Returns the entries walked.
+    /// of the bucket ranges it walked to its part. Returns the entries
+    /// walked.
     ///
     /// Must only be called on a map no program writes any more.
     pub fn drain_map<K: aya::Pod>(
@@ -59,30 +69,40 @@ impl Builder<'_> {
     where
         for<'k> KeyParts: From<&'k K>,
     {
-        let threads = parts.len();
         let Some((first, rest)) = parts.split_first_mut() else {
             return Ok(0);
         };
-        std::thread::scope(|s| {
-            let mut spawned = Vec::with_capacity(rest.len());
-            let mut unspawned = Vec::new();
-            for (i, part) in rest.iter_mut().enumerate() {
-                let range = range(i + 1, threads, buckets);
-                let walk = move || self.walk::<K>(map, range, part);
-                match std::thread::Builder::new()
-                    .name(format!("drain-{}", i + 1))
-                    .spawn_scoped(s, walk)
-                {
-                    Ok(handle) => spawned.push(handle),
-                    // No thread (resource limits): this thread walks the
-                    // range after its own, so no bucket is skipped.
-                    Err(_) => unspawned.push(i + 1),
+        let ranges = if rest.is_empty() {
+            1
+        } else {
+            (rest.len() + 1) * RANGES_PER_THREAD
+        };
+        let next = AtomicUsize::new(0);
+        // Takes ranges until none is left (or a walk fails).
+        let worker = |part: &mut Vec<FlowRecord>| -> io::Result<usize> {
+            let mut walked = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ranges {
+                    return Ok(walked);
                 }
+                walked += self.walk::<K>(map, range(i, ranges, buckets), part)?;
             }
-            let mut walked = vec![self.walk::<K>(map, range(0, threads, buckets), first)];
-            for i in unspawned {
-                walked.push(self.walk::<K>(map, range(i, threads, buckets), first));
-            }
+        };
+        std::thread::scope(|s| {
+            // A thread that cannot be started (resource limits) is no loss:
+            // the others take its ranges.
+            let spawned: Vec<_> = rest
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, part)| {
+                    std::thread::Builder::new()
+                        .name(format!("drain-{}", i + 1))
+                        .spawn_scoped(s, || worker(part))
+                        .ok()
+                })
+                .collect();
+            let mut walked = vec![worker(first)];
             for handle in spawned {
                 walked.push(
                     handle
@@ -214,13 +234,13 @@ mod tests {
 
     #[test]
     fn ranges_cover_every_bucket_once() {
-        for (threads, buckets) in [(1, 16), (2, 16), (3, 1000), (4, 1 << 20)] {
-            let ranges: Vec<_> = (0..threads).map(|i| range(i, threads, buckets)).collect();
+        for (n, buckets) in [(1, 16), (2, 16), (16, 16), (24, 1000), (32, 1 << 20)] {
+            let ranges: Vec<_> = (0..n).map(|i| range(i, n, buckets)).collect();
             assert_eq!(ranges[0].start, 0);
             for pair in ranges.windows(2) {
                 assert_eq!(pair[0].end, pair[1].start);
             }
-            assert_eq!(ranges[threads - 1].end, u32::MAX);
+            assert_eq!(ranges[n - 1].end, u32::MAX);
         }
     }
 }
