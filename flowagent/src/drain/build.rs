@@ -24,7 +24,7 @@ use std::{
 use flowagent_common::{DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
 
 use super::{clock::Snapshot, sys};
-use crate::flow::{FlowDirection, FlowRecord, merge_per_cpu};
+use crate::flow::{FlowDirection, FlowRecord, IfName, merge_per_cpu};
 
 /// What every drain thread needs to turn entries into records.
 pub(super) struct Builder<'a> {
@@ -33,7 +33,7 @@ pub(super) struct Builder<'a> {
     /// Jiffies to wall clock for this drain.
     pub clock: &'a Snapshot,
     /// Interface names at the drain.
-    pub names: &'a HashMap<u32, String>,
+    pub names: &'a Names,
     /// The sampling rate in force.
     pub sampling_rate: u32,
 }
@@ -151,10 +151,8 @@ impl Builder<'_> {
 
     fn record(&self, key: KeyParts, stats: &FlowStats) -> FlowRecord {
         let direction = FlowDirection::from_code(key.direction);
-        // Index 0 is "no interface"; it is never in the table.
-        let name = |index: u32| self.names.get(&index).cloned();
-        let here = name(key.ifindex);
-        let there = name(stats.other_ifindex);
+        let here = self.names.get(key.ifindex);
+        let there = self.names.get(stats.other_ifindex);
         let (iface_in, iface_out) = if key.direction == DIRECTION_EGRESS {
             (there, here)
         } else {
@@ -183,6 +181,30 @@ impl Builder<'_> {
             sampling_rate: self.sampling_rate,
             enrichment: Default::default(),
         }
+    }
+}
+
+/// Interface names by index for one drain: a sorted list, because a host
+/// has few interfaces and two lookups per record into a short slice beat
+/// hashing the index.
+#[derive(Debug, Default)]
+pub(super) struct Names(Vec<(u32, IfName)>);
+
+impl Names {
+    /// The names of a snapshot of the interface table.
+    pub fn new(names: &HashMap<u32, String>) -> Self {
+        let mut v: Vec<_> = names
+            .iter()
+            .map(|(i, n)| (*i, IfName::from(n.as_str())))
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        Self(v)
+    }
+
+    /// The name of `index`; index 0 ("no interface") is never in the table.
+    fn get(&self, index: u32) -> Option<IfName> {
+        let at = self.0.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(self.0[at].1)
     }
 }
 
@@ -231,6 +253,15 @@ impl From<&FlowKeyV6> for KeyParts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_by_index() {
+        let names = Names::new(&HashMap::from([(7, "eth1".into()), (2, "lo".into())]));
+        assert_eq!(names.get(2).as_deref(), Some("lo"));
+        assert_eq!(names.get(7).as_deref(), Some("eth1"));
+        assert_eq!(names.get(0), None);
+        assert_eq!(names.get(3), None);
+    }
 
     #[test]
     fn ranges_cover_every_bucket_once() {

@@ -348,7 +348,7 @@ impl Drainer {
         let barrier = started.elapsed();
         let end = SystemTime::now();
         let clock = self.maps.clock.snapshot()?;
-        let names = self.names.snapshot();
+        let names = build::Names::new(&self.names.snapshot());
         let builder = Builder {
             cpus: self.cpus,
             clock: &clock,

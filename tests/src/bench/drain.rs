@@ -82,8 +82,11 @@ fn agent_drains(n: u32, threads: Option<usize>) -> (Timed, Timed) {
     let mut ebpf = filled(n);
     let maps = Maps::take(&mut ebpf).expect("maps");
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let mut drainer =
-        Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
+    // Named, as the agent's interfaces are: BPF_PROG_TEST_RUN runs XDP on
+    // the loopback device (ifindex 1).
+    let names = IfNames::default();
+    names.present(1, "lo");
+    let mut drainer = Drainer::new(maps, names, 1, Duration::from_secs(10), tx).expect("drainer");
     if let Some(threads) = threads {
         drainer.set_threads(threads);
     }
