@@ -38,6 +38,16 @@ pub(super) struct Builder<'a> {
     pub sampling_rate: u32,
 }
 
+/// What one walking thread writes: its part of the records, and its batch
+/// buffers (kept by the drainer from one drain to the next).
+#[derive(Debug, Default)]
+pub(super) struct Lane {
+    /// Records built so far.
+    pub part: Vec<FlowRecord>,
+    /// The thread's syscall buffers.
+    pub buffers: sys::Buffers,
+}
+
 /// Bucket ranges per walking thread. The threads take ranges from a shared
 /// counter rather than one fixed share each, so a thread slowed down (its
 /// CPU busy with other work) walks fewer of them instead of holding up the
@@ -55,21 +65,21 @@ fn range(i: usize, ranges: usize, buckets: u32) -> Range<u32> {
 
 impl Builder<'_> {
     /// Reads and deletes every entry of `map` (whose kernel table has
-    /// `buckets` buckets), one thread per part, each appending the records
-    /// of the bucket ranges it walked to its part. Returns the entries
-    /// walked.
+    /// `buckets` buckets), one thread per lane, each appending the records
+    /// of the bucket ranges it walked to its lane's part. Returns the
+    /// entries walked.
     ///
     /// Must only be called on a map no program writes any more.
     pub fn drain_map<K: aya::Pod>(
         &self,
         map: BorrowedFd<'_>,
         buckets: u32,
-        parts: &mut [Vec<FlowRecord>],
+        lanes: &mut [Lane],
     ) -> io::Result<usize>
     where
         for<'k> KeyParts: From<&'k K>,
     {
-        let Some((first, rest)) = parts.split_first_mut() else {
+        let Some((first, rest)) = lanes.split_first_mut() else {
             return Ok(0);
         };
         let ranges = if rest.is_empty() {
@@ -79,14 +89,14 @@ impl Builder<'_> {
         };
         let next = AtomicUsize::new(0);
         // Takes ranges until none is left (or a walk fails).
-        let worker = |part: &mut Vec<FlowRecord>| -> io::Result<usize> {
+        let worker = |lane: &mut Lane| -> io::Result<usize> {
             let mut walked = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= ranges {
                     return Ok(walked);
                 }
-                walked += self.walk::<K>(map, range(i, ranges, buckets), part)?;
+                walked += self.walk::<K>(map, range(i, ranges, buckets), lane)?;
             }
         };
         std::thread::scope(|s| {
@@ -95,10 +105,10 @@ impl Builder<'_> {
             let spawned: Vec<_> = rest
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, part)| {
+                .filter_map(|(i, lane)| {
                     std::thread::Builder::new()
                         .name(format!("drain-{}", i + 1))
-                        .spawn_scoped(s, || worker(part))
+                        .spawn_scoped(s, || worker(lane))
                         .ok()
                 })
                 .collect();
@@ -114,12 +124,13 @@ impl Builder<'_> {
         })
     }
 
-    /// One thread's walk of `buckets`, appending a record per flow to `part`.
+    /// One thread's walk of `buckets`, appending a record per flow to the
+    /// lane's part.
     fn walk<K: aya::Pod>(
         &self,
         map: BorrowedFd<'_>,
         buckets: Range<u32>,
-        part: &mut Vec<FlowRecord>,
+        lane: &mut Lane,
     ) -> io::Result<usize>
     where
         for<'k> KeyParts: From<&'k K>,
@@ -132,7 +143,7 @@ impl Builder<'_> {
             std::mem::size_of::<K>(),
             stride * self.cpus,
             buckets,
-            sys::BATCH,
+            &mut lane.buffers,
             |k, v| {
                 // SAFETY: the key is size_of::<K>() bytes of a Pod type.
                 let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const K) };
@@ -143,7 +154,7 @@ impl Builder<'_> {
                     unsafe { std::ptr::read_unaligned(c.as_ptr() as *const FlowStats) }
                 }));
                 if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    part.push(self.record(KeyParts::from(&key), &stats));
+                    lane.part.push(self.record(KeyParts::from(&key), &stats));
                 }
             },
         )

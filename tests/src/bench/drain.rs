@@ -186,7 +186,7 @@ fn kernel_floor(n: u32, what: &Floor) -> Vec<f64> {
                                 key_len,
                                 value_len,
                                 range,
-                                batch,
+                                &mut sys::Buffers::with_batch(batch),
                                 |_, _| {},
                             )
                             .expect("LOOKUP_AND_DELETE_BATCH")
@@ -208,7 +208,7 @@ fn kernel_floor(n: u32, what: &Floor) -> Vec<f64> {
                 key_len,
                 value_len,
                 0..u32::MAX,
-                sys::BATCH,
+                &mut sys::Buffers::default(),
                 |k, _| keys.extend_from_slice(k),
             )
             .expect("LOOKUP_BATCH");
