@@ -145,9 +145,13 @@ impl Pool {
         }
     }
 
-    /// An empty buffer, recycled when one is free.
+    /// An empty buffer: the largest free one, or a new one. Largest first
+    /// because the drain's first thread always walks and takes first, while
+    /// the others may sit out a small map.
     pub fn take(&self) -> Vec<FlowRecord> {
-        self.lock().pop().unwrap_or_default()
+        let mut free = self.lock();
+        let largest = (0..free.len()).max_by_key(|&i| free[i].capacity());
+        largest.map(|i| free.swap_remove(i)).unwrap_or_default()
     }
 
     /// Empties `part` and keeps it for a later [`Pool::take`], unless the
@@ -161,6 +165,11 @@ impl Pool {
         // follows the live flows down without refaulting on small swings.
         if part.capacity() > SHRINK_FLOOR && used < part.capacity() / 4 {
             part.shrink_to((2 * used).max(SHRINK_FLOOR));
+        }
+        // A part that never held a record (a thread that sat out) has no
+        // memory to give back and must not take a faulted buffer's place.
+        if part.capacity() == 0 {
+            return;
         }
         let mut free = self.lock();
         if free.len() < self.keep {
@@ -215,6 +224,18 @@ mod tests {
         // Clones and plain vectors never feed the pool.
         drop(Records::from(vec![full_record(1)]));
         assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn the_largest_buffer_goes_first_and_unused_ones_are_not_kept() {
+        let pool = Pool::new(2);
+        let big: Vec<_> = (0..100).map(full_record).collect();
+        drop(Records::pooled(vec![big, Vec::new()], pool.clone()));
+        assert_eq!(pool.len(), 1);
+        drop(Records::pooled(vec![vec![full_record(0)]], pool.clone()));
+        assert!(pool.take().capacity() >= 100);
+        assert!(pool.take().capacity() >= 1);
+        assert_eq!(pool.take().capacity(), 0);
     }
 
     #[test]
