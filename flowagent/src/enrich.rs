@@ -153,7 +153,9 @@ impl Enricher {
     /// waits for this stage: it drops when `input` is full.
     pub fn run(self, mut input: mpsc::Receiver<Batch>, output: mpsc::Sender<Batch>) {
         while let Some(mut batch) = input.blocking_recv() {
-            self.enrich(&mut batch.records);
+            for part in batch.records.parts_mut() {
+                self.enrich(part);
+            }
             if output.blocking_send(batch).is_err() {
                 warn!("enrichment: the output is gone, stopping");
                 return;
@@ -316,7 +318,7 @@ mod tests {
         let batch = Batch {
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
-            records: vec![record("10.1.1.1", "198.51.100.7", None)],
+            records: vec![record("10.1.1.1", "198.51.100.7", None)].into(),
             counters: Default::default(),
             dropped_records: 0,
             sampling_rate: 1,
@@ -325,7 +327,7 @@ mod tests {
         drop(in_tx);
         e.run(in_rx, out_tx);
         let out = out_rx.try_recv().unwrap();
-        assert_eq!(out.records[0].enrichment.as_dst, 65010);
+        assert_eq!(out.records.iter().next().unwrap().enrichment.as_dst, 65010);
         assert!(out_rx.try_recv().is_err());
     }
 }

@@ -1,6 +1,10 @@
 //! The userspace flow record: one flow, one interval, per-CPU values merged.
+//!
+//! A drain builds up to millions of records per interval on several
+//! threads, so a record holds no per-record heap allocation it can avoid:
+//! interface names are inline ([`IfName`]), not `String`s.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{fmt, net::IpAddr, ops::Deref, time::SystemTime};
 
 use flowagent_common::{DIRECTION_EGRESS, FlowStats};
 
@@ -58,9 +62,9 @@ pub struct FlowRecord {
     /// The other interface (FIB egress for ingress flows, ingress for egress), 0 when none.
     pub other_ifindex: u32,
     /// Name of the input interface, when known.
-    pub iface_in: Option<String>,
+    pub iface_in: Option<IfName>,
     /// Name of the output interface, when known.
-    pub iface_out: Option<String>,
+    pub iface_out: Option<IfName>,
     /// FIB next hop (gateway) for forwarded ingress flows.
     pub next_hop: Option<IpAddr>,
     /// Source MAC address of the first packet.
@@ -77,6 +81,63 @@ pub struct FlowRecord {
     pub sampling_rate: u32,
     /// Routing context (BGP or networks file); all default without routes.
     pub enrichment: Enrichment,
+}
+
+/// An interface name, stored inline: Linux names are at most 15 bytes
+/// (IFNAMSIZ 16 with the NUL, include/uapi/linux/if.h), so a copy costs
+/// 16 bytes and no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IfName {
+    len: u8,
+    bytes: [u8; IfName::MAX],
+}
+
+impl IfName {
+    /// Longest name kept, in bytes.
+    pub const MAX: usize = 15;
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // From<&str> only stores whole UTF-8 characters.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl From<&str> for IfName {
+    /// Keeps the first [`IfName::MAX`] bytes (whole characters) of a longer
+    /// name; interface names from the kernel always fit.
+    fn from(name: &str) -> Self {
+        let mut len = name.len().min(Self::MAX);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            len: len as u8,
+            bytes,
+        }
+    }
+}
+
+impl Deref for IfName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Routing context of a flow, pmacct semantics: filled by the enrichment
@@ -151,6 +212,16 @@ mod tests {
             other_ifindex: other,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn interface_names_are_kept_whole_up_to_15_bytes() {
+        assert_eq!(&*IfName::from("eth0"), "eth0");
+        assert_eq!(&*IfName::from("fifteen-bytes-x"), "fifteen-bytes-x");
+        assert_eq!(&*IfName::from("sixteen-bytes-xy"), "sixteen-bytes-x");
+        // Never a partial character: "é" is 2 bytes across the limit.
+        assert_eq!(&*IfName::from("fourteen-bytesé"), "fourteen-bytes");
+        assert_eq!(format!("{:?}", IfName::from("lo")), "\"lo\"");
     }
 
     #[test]

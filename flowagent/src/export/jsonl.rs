@@ -279,7 +279,7 @@ mod tests {
         let batch = Batch {
             start: t,
             end: t,
-            records: vec![r],
+            records: vec![r].into(),
             counters: Counters::default(),
             dropped_records: 0,
             sampling_rate: 1,
@@ -316,7 +316,7 @@ mod tests {
         let batch = Batch {
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
-            records: vec![],
+            records: Default::default(),
             counters: Counters([1, 60, 2, 40, 3, 300]),
             dropped_records: 0,
             sampling_rate: 10,

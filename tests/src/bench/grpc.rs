@@ -87,7 +87,8 @@ pub fn run(quick: bool) -> Vec<Figure> {
             sampling_rate: 1,
         })
         .collect();
-    let one = convert::to_proto(&batches[0].records[0], "bench-agent").encoded_len();
+    let first = batches[0].records.iter().next().expect("a record");
+    let one = convert::to_proto(first, "bench-agent").encoded_len();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -202,9 +202,18 @@ impl Queue {
     /// Appends one drained interval, cut into batches, and drops the oldest
     /// items beyond capacity.
     fn push(&mut self, batch: &Batch, now_ns: u64) {
-        for chunk in batch.records.chunks(self.max_batch) {
-            self.items
-                .extend(chunk.iter().map(|r| Item::Record(convert::to_proto(r, ""))));
+        // Batches of max_batch records across the drain's parts, the last
+        // one shorter.
+        let mut unfrozen = 0;
+        for r in &batch.records {
+            self.items.push_back(Item::Record(convert::to_proto(r, "")));
+            unfrozen += 1;
+            if unfrozen == self.max_batch {
+                self.freeze();
+                unfrozen = 0;
+            }
+        }
+        if unfrozen > 0 {
             self.freeze();
         }
         // The interval's counters close its last batch (or make one).

@@ -16,7 +16,7 @@ use flowagent_common::Counter;
 
 use super::proto;
 use crate::{
-    drain::{Batch, Counters},
+    drain::{Batch, Counters, Records},
     flow::{Enrichment, FlowDirection, FlowRecord},
 };
 
@@ -158,8 +158,8 @@ pub fn to_proto(r: &FlowRecord, agent_id: &str) -> proto::FlowRecord {
             FlowDirection::Egress => proto::Direction::Egress,
         } as i32,
         other_ifindex: r.other_ifindex,
-        iface_in: r.iface_in.clone(),
-        iface_out: r.iface_out.clone(),
+        iface_in: r.iface_in.as_deref().map(Into::into),
+        iface_out: r.iface_out.as_deref().map(Into::into),
         next_hop: opt_addr_to_bytes(r.next_hop),
         mac_src: r.src_mac.to_vec(),
         packets: r.packets,
@@ -281,7 +281,7 @@ pub fn counters_from_proto(m: &proto::IntervalCounters) -> Batch {
     Batch {
         start: time_from_ns(m.start_ns),
         end: time_from_ns(m.end_ns),
-        records: Vec::new(),
+        records: Records::default(),
         counters,
         dropped_records: m.dropped_records,
         sampling_rate: m.sampling_rate,
@@ -470,7 +470,7 @@ pub(crate) mod tests {
         let batch = Batch {
             start: time_from_ns(1_000),
             end: time_from_ns(2_000),
-            records: vec![],
+            records: Records::default(),
             counters: Counters([1, 2, 3, 4, 5, 6]),
             dropped_records: 7,
             sampling_rate: 8,

@@ -239,12 +239,12 @@ impl Hub {
     }
 
     /// Offers the agent's records to every subscriber. Never blocks.
-    pub fn publish(&self, records: &[FlowRecord]) {
+    pub fn publish<'a>(&self, records: impl IntoIterator<Item = &'a FlowRecord>) {
         if self.lock().1.is_empty() {
             return;
         }
         let msgs: Vec<_> = records
-            .iter()
+            .into_iter()
             .map(|r| convert::to_proto(r, &self.agent_id))
             .collect();
         self.publish_proto(&msgs);
