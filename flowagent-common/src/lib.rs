@@ -93,7 +93,8 @@ pub const DIRECTION_INGRESS: u8 = 0;
 /// Direction code: the packet was seen on its way out (TC egress).
 pub const DIRECTION_EGRESS: u8 = 1;
 
-/// Counters for packets that are accounted outside the flow maps.
+/// Counters for packets that are accounted outside the flow maps, and of
+/// the entries the programs create in them.
 ///
 /// Every packet a program samples ends up in exactly one place: a flow entry
 /// or one of the `*Packets` counters below, so that flow records plus counters
@@ -114,6 +115,12 @@ pub enum Counter {
     OverflowPackets = 4,
     /// IP bytes (total length) of those packets.
     OverflowBytes = 5,
+    /// Entries the programs created in the slot's IPv4 flow map (successful
+    /// inserts; one per flow, whichever CPU saw it first). The drain sizes
+    /// its walk by it, and skips an empty map. Not exported.
+    FlowsV4 = 6,
+    /// The same for the IPv6 flow map.
+    FlowsV6 = 7,
 }
 
 /// Number of counter indexes reserved per slot in the `COUNTERS` array.
@@ -121,13 +128,15 @@ pub const COUNTERS_PER_SLOT: u32 = 8;
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 8] = [
         Counter::NonIpPackets,
         Counter::NonIpBytes,
         Counter::MalformedPackets,
         Counter::MalformedBytes,
         Counter::OverflowPackets,
         Counter::OverflowBytes,
+        Counter::FlowsV4,
+        Counter::FlowsV6,
     ];
 
     /// Index of this counter for `slot` in the `COUNTERS` per-CPU array.

@@ -20,7 +20,7 @@ use aya_log_ebpf::warn;
 use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
 
 use crate::{
-    maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count},
+    maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count, count_entry},
     parse::{Frame, Meta, Parsed, parse, src_mac},
 };
 
@@ -84,6 +84,8 @@ pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs:
 
 /// A key type with one flow map per slot and a way to ask the FIB about it.
 trait FlowKey: Sized + 'static {
+    /// The counter of entries created in this key's maps.
+    const CREATED: Counter;
     /// The flow map of slot `SLOT`.
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats>;
     /// Fills family and addresses of a FIB request.
@@ -94,6 +96,8 @@ trait FlowKey: Sized + 'static {
 }
 
 impl FlowKey for FlowKeyV4 {
+    const CREATED: Counter = Counter::FlowsV4;
+
     #[inline(always)]
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
         if SLOT == 0 { &FLOWS_V4_0 } else { &FLOWS_V4_1 }
@@ -122,6 +126,8 @@ impl FlowKey for FlowKeyV4 {
 }
 
 impl FlowKey for FlowKeyV6 {
+    const CREATED: Counter = Counter::FlowsV6;
+
     #[inline(always)]
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
         if SLOT == 0 { &FLOWS_V6_0 } else { &FLOWS_V6_1 }
@@ -198,7 +204,7 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     init(ctx, &mut stats, job, now);
     add(&mut stats, meta, now);
     match map.insert(key, stats, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => count_entry(SLOT, K::CREATED as u32),
         Err(err) if err == -EEXIST => {
             // Another CPU inserted the key between our lookup and insert.
             if let Some(existing) = map.get_ptr_mut(key) {

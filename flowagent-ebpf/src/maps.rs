@@ -139,6 +139,13 @@ pub fn count(slot: u32, packets_index: u32, bytes: u64) -> bool {
     first
 }
 
+/// Counts one flow entry created in `slot` (`index`: `Counter::FlowsV4` or
+/// `Counter::FlowsV6`).
+#[inline(always)]
+pub fn count_entry(slot: u32, index: u32) {
+    bump(slot * COUNTERS_PER_SLOT + index, 1);
+}
+
 /// Adds `by` to one per-CPU counter; true when it was zero before (the first
 /// event of its kind on this CPU in this interval).
 #[inline(always)]

@@ -256,6 +256,12 @@ fn check_mix(out: &Output, mix: &[Expect], iface: &str, direction: &str) {
     assert_eq!(out.counter("non_ip_packets"), 0);
     assert_eq!(out.counter("malformed_packets"), 0);
     assert_eq!(out.counter("overflow_packets"), 0);
+    // The drain walked exactly the entries the programs created.
+    assert!(
+        !out.log.contains("where the programs created"),
+        "{}",
+        out.log
+    );
 }
 
 fn send_mix(sender: &Sender, mix: &[Expect]) {

@@ -218,11 +218,9 @@ pub const MAX_THREADS: usize = 4;
 /// 100k flows on, two threads cut the wall time by a third or more.
 const MIN_ENTRIES_PER_THREAD: usize = 32 * 1024;
 
-/// Threads (at most `threads`) for a map that held `last` entries at the
-/// previous drain: the best guess of its size now, as flow counts change
-/// slowly from one interval to the next.
-fn threads_for(threads: usize, last: usize) -> usize {
-    (last / MIN_ENTRIES_PER_THREAD).clamp(1, threads)
+/// Threads (at most `threads`) for a map holding `entries` entries.
+fn threads_for(threads: usize, entries: usize) -> usize {
+    (entries / MIN_ENTRIES_PER_THREAD).clamp(1, threads)
 }
 
 /// Drains the maps every interval and sends the batches on.
@@ -238,9 +236,10 @@ pub struct Drainer {
     pool: Pool,
     /// One per thread; their parts are empty between drains.
     lanes: Vec<build::Lane>,
-    /// Entries of the IPv4 and IPv6 maps at the previous drain (before the
-    /// first: unknown, taken as large).
-    last: [usize; 2],
+    /// Per family (IPv4, IPv6): a walk of its maps failed, so a map may hold
+    /// entries its created-entries counter no longer knows of, and the next
+    /// drain walks it whatever the counter says.
+    unclean: [bool; 2],
     names: IfNames,
     sampling_rate: u32,
     interval: Duration,
@@ -283,7 +282,7 @@ impl Drainer {
             threads,
             pool: Pool::new(threads),
             lanes: (0..threads).map(|_| build::Lane::default()).collect(),
-            last: [usize::MAX; 2],
+            unclean: [false; 2],
             names,
             sampling_rate,
             interval,
@@ -377,32 +376,53 @@ impl Drainer {
         for lane in &mut self.lanes {
             lane.part = self.pool.take();
         }
+        // The counters are quiescent after the barrier too. The entries the
+        // programs created say how large each map is: the walk is sized by
+        // them, and skipped for a map that is empty (walking an empty 1M-
+        // bucket map still locks every bucket: ~16 ms).
+        let counters = self.take_counters(old)?;
         let [b4, b6] = self.maps.buckets;
-        let [l4, l6] = self.last;
-        let n4 = builder
-            .drain_map::<FlowKeyV4>(
-                self.maps.v4[old as usize].fd().as_fd(),
-                b4,
-                &mut self.lanes[..threads_for(self.threads, l4)],
-            )
-            .map_err(|source| Error::Syscall {
-                what: "draining the IPv4 flow map",
-                source,
-            })?;
-        let n6 = builder
-            .drain_map::<FlowKeyV6>(
-                self.maps.v6[old as usize].fd().as_fd(),
-                b6,
-                &mut self.lanes[..threads_for(self.threads, l6)],
-            )
-            .map_err(|source| Error::Syscall {
-                what: "draining the IPv6 flow map",
-                source,
-            })?;
-        self.last = [n4, n6];
+        let created = [
+            counters.get(Counter::FlowsV4) as usize,
+            counters.get(Counter::FlowsV6) as usize,
+        ];
+        let mut n4 = 0;
+        if created[0] > 0 || self.unclean[0] {
+            self.unclean[0] = true;
+            n4 = builder
+                .drain_map::<FlowKeyV4>(
+                    self.maps.v4[old as usize].fd().as_fd(),
+                    b4,
+                    &mut self.lanes[..threads_for(self.threads, created[0])],
+                )
+                .map_err(|source| Error::Syscall {
+                    what: "draining the IPv4 flow map",
+                    source,
+                })?;
+            self.unclean[0] = false;
+        }
+        let mut n6 = 0;
+        if created[1] > 0 || self.unclean[1] {
+            self.unclean[1] = true;
+            n6 = builder
+                .drain_map::<FlowKeyV6>(
+                    self.maps.v6[old as usize].fd().as_fd(),
+                    b6,
+                    &mut self.lanes[..threads_for(self.threads, created[1])],
+                )
+                .map_err(|source| Error::Syscall {
+                    what: "draining the IPv6 flow map",
+                    source,
+                })?;
+            self.unclean[1] = false;
+        }
+        if [n4, n6] != created {
+            // Only after a failed walk (the map kept entries the counter no
+            // longer counts) or a bug: say so, the records are right anyway.
+            warn!("drained {n4} IPv4 + {n6} IPv6 entries where the programs created {created:?}");
+        }
         let parts = self.lanes.iter_mut().map(|l| std::mem::take(&mut l.part));
         let records = Records::pooled(parts.collect(), self.pool.clone());
-        let counters = self.take_counters(old)?;
         debug!(
             "drained slot {old}: {n4} IPv4 + {n6} IPv6 entries in {:?} (barrier {barrier:?})",
             started.elapsed()
