@@ -25,6 +25,7 @@ pub mod best;
 mod flat4;
 pub mod lpm;
 pub mod networks;
+mod prefetch;
 pub mod table;
 
 use std::net::IpAddr;

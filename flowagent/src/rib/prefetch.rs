@@ -1,0 +1,23 @@
+//! A software prefetch hint, for the batched lookups.
+//!
+//! A longest-prefix lookup in a large table is a chain of dependent cache
+//! misses; one lookup cannot go faster than the chain. A batch of lookups
+//! can: each stage asks for the next cache line of every address in the
+//! batch before reading any of them, so the misses of different addresses
+//! are in flight together. The hint never faults and never changes memory,
+//! so it may be given any address (a dangling or out-of-range one only
+//! wastes the hint); on targets without one it does nothing.
+
+/// Asks the CPU to start loading the cache line holding `p` into L1.
+#[inline(always)]
+pub(super) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is an SSE instruction (always present on x86_64);
+    // it is a hint that reads no memory architecturally and cannot fault,
+    // whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
