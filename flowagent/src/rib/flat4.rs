@@ -38,13 +38,13 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use super::prefetch::prefetch;
+use super::mem::{advise_huge, prefetch};
 
 /// Addresses a batched lookup carries through its stages together: each
 /// stage has this many independent misses in flight. 16 keeps the group's
 /// state in a few cache lines and covers the ~100 ns miss latency of a
 /// virtualised host (a lookup's stage costs far less than that to issue).
-pub const GROUP: usize = 16;
+pub const GROUP: usize = 32;
 
 /// No prefix.
 const NONE: u32 = u32::MAX;
@@ -105,32 +105,6 @@ impl Arena {
     #[inline(always)]
     fn value(&self, pos: usize) -> u32 {
         self.blocks.get(pos >> 4).map_or(NONE, |b| b.0[pos & 15])
-    }
-}
-
-/// Asks the kernel to back `v`'s buffer with transparent huge pages:
-/// lookups land at random in tens of MiB, and with 4 KiB pages nearly every
-/// read is also a TLB miss (a two-dimensional page walk under a hypervisor).
-/// Advice only: without THP it changes nothing.
-fn advise_huge<T>(v: &Vec<T>) {
-    const HUGE: usize = 2 << 20;
-    let bytes = v.capacity() * std::mem::size_of::<T>();
-    if bytes < HUGE {
-        return;
-    }
-    let start = v.as_ptr() as usize;
-    let aligned = start.next_multiple_of(4096);
-    let end = (start + bytes) & !4095;
-    if end > aligned {
-        // SAFETY: the range lies inside `v`'s live allocation; MADV_HUGEPAGE
-        // changes how it is backed, never its contents.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                end - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
     }
 }
 

@@ -1,34 +1,32 @@
 //! Longest-prefix-match tables for IPv4 and IPv6.
 //!
 //! IPv4, the family nearly all flows are, lives in [`Flat4`]: a 16-8-8
-//! multibit table with run-length compressed 64-byte nodes, updated in place per
-//! prefix, where a lookup reads the top-level slot (a 512 KiB array that
-//! stays in cache), one node line, its run values in the arena and the
-//! matched prefix's slab entry. IPv6
-//! stays on `prefix-trie` 0.10 (a tree-bitmap trie).
+//! multibit table with run-length compressed 64-byte nodes, updated in
+//! place per prefix, where a lookup reads the top-level slot (a 512 KiB
+//! array that stays in cache), one node line, its run values in the arena
+//! and the matched prefix's slab entry. IPv6 lives in [`Flat6`]: a top
+//! level for the first 16 bits and one hash table probed per stored length
+//! (lengths up to /64; longer prefixes, absent from the DFZ, in a
+//! `prefix-trie` map searched only where they exist).
 //!
-//! Measured (`flowagent-bench --only rib`, 2-core shared VM under a load
-//! average of 4 from other builds, release, per CPU-second of the
-//! looking-up thread, medians of 5 rounds alternating with a bare
-//! `prefix_trie::PrefixMap` on the same table): 1.0M DFZ-like IPv4
-//! prefixes, 12.6 M lookups/s through the RIB (rounds 10.4 to 18.4) against
-//! 14.0 M/s for prefix-trie, i.e. 0.9 to 1.2x it over the runs (the
-//! prefix-trie-backed RIB measured 0.75x in the same conditions); 230k IPv6
-//! prefixes on prefix-trie, 0.7 to 0.8x the bare map (the RIB's values are
-//! 8-byte `Arc`s behind a lock, the bare map's 4-byte integers). Agent RSS
-//! with 1.0M IPv4 + 230k IPv6 routes from BIRD: 137 MiB. The 30 M/s target
-//! is not reached on that machine: a lookup is three dependent cache misses
-//! (node, runs, slab) and the rate is what the CPU overlaps of them.
+//! On a full table each lookup is a few dependent cache misses, so the
+//! rate one lookup at a time is memory latency. [`Lpm::lookup_batch`]
+//! (what the enricher uses) carries [`GROUP`] addresses through the stages
+//! together, prefetching the next stage's line for all of them before
+//! reading any, so their misses overlap. It returns exactly what
+//! [`Lpm::lookup`] returns.
+//!
+//! Measured: see the "RIB" section of BENCHMARKS.md (`flowagent-bench
+//! --only lpm` runs just these figures).
 //! Invariant: stored prefixes have no host bits set (inserts truncate), so
 //! `10.1.2.3/16` and `10.1.0.0/16` are the same key.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv6Net};
-use prefix_trie::PrefixMap;
+use ipnet::IpNet;
 
-use super::flat4::Flat4;
 pub use super::flat4::GROUP;
+use super::{flat4::Flat4, flat6::Flat6};
 
 /// The table an address is looked up in: IPv4 for IPv4 and v4-mapped IPv6
 /// addresses (IPv4 traffic seen through a v6 socket), else IPv6.
@@ -44,14 +42,14 @@ fn v4_of(addr: IpAddr) -> Result<Ipv4Addr, Ipv6Addr> {
 #[derive(Clone)]
 pub struct Lpm<V> {
     v4: Flat4<V>,
-    v6: PrefixMap<Ipv6Net, V>,
+    v6: Flat6<V>,
 }
 
 impl<V> Default for Lpm<V> {
     fn default() -> Self {
         Self {
             v4: Flat4::default(),
-            v6: PrefixMap::new(),
+            v6: Flat6::default(),
         }
     }
 }
@@ -115,40 +113,44 @@ impl<V> Lpm<V> {
     pub fn lookup_batch<'a>(&'a self, addrs: &[IpAddr], out: &mut [Option<(IpNet, &'a V)>]) {
         assert_eq!(addrs.len(), out.len(), "one output per address");
         for (addrs, out) in addrs.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
-            // The IPv4 addresses of the chunk, gathered with their places.
-            let mut v4 = [Ipv4Addr::UNSPECIFIED; GROUP];
-            let mut at = [0u8; GROUP];
-            let mut n = 0;
-            for (i, (a, o)) in addrs.iter().zip(out.iter_mut()).enumerate() {
+            // The chunk's addresses by family, with their places.
+            let (mut v4, mut at4, mut n4) = ([Ipv4Addr::UNSPECIFIED; GROUP], [0u8; GROUP], 0);
+            let (mut v6, mut at6, mut n6) = ([Ipv6Addr::UNSPECIFIED; GROUP], [0u8; GROUP], 0);
+            for (i, a) in addrs.iter().enumerate() {
                 match v4_of(*a) {
                     Ok(a) => {
-                        v4[n] = a;
-                        at[n] = i as u8;
-                        n += 1;
+                        (v4[n4], at4[n4]) = (a, i as u8);
+                        n4 += 1;
                     }
-                    Err(a) => *o = self.lookup_v6(a),
+                    Err(a) => {
+                        (v6[n6], at6[n6]) = (a, i as u8);
+                        n6 += 1;
+                    }
                 }
             }
-            let mut got = [None; GROUP];
-            self.v4.lookup_batch(&v4[..n], &mut got[..n]);
-            for (&i, g) in at[..n].iter().zip(got) {
+            let mut got4 = [None; GROUP];
+            self.v4.lookup_batch(&v4[..n4], &mut got4[..n4]);
+            for (&i, g) in at4[..n4].iter().zip(got4) {
                 out[usize::from(i)] = g.map(|(p, v)| (IpNet::V4(p), v));
+            }
+            let mut got6 = [None; GROUP];
+            self.v6.lookup_batch(&v6[..n6], &mut got6[..n6]);
+            for (&i, g) in at6[..n6].iter().zip(got6) {
+                out[usize::from(i)] = g.map(|(p, v)| (IpNet::V6(p), v));
             }
         }
     }
 
     /// The IPv6 longest match of a non-v4-mapped address.
     fn lookup_v6(&self, a: Ipv6Addr) -> Option<(IpNet, &V)> {
-        self.v6
-            .get_lpm(&Ipv6Net::from(a))
-            .map(|(p, v)| (IpNet::V6(p), v))
+        self.v6.lookup(a).map(|(p, v)| (IpNet::V6(p), v))
     }
 
     /// The most specific stored prefix covering `prefix` (itself included).
     pub fn lookup_prefix(&self, prefix: &IpNet) -> Option<(IpNet, &V)> {
         match prefix.trunc() {
             IpNet::V4(p) => self.v4.lookup_prefix(&p).map(|(p, v)| (IpNet::V4(p), v)),
-            IpNet::V6(p) => self.v6.get_lpm(&p).map(|(p, v)| (IpNet::V6(p), v)),
+            IpNet::V6(p) => self.v6.lookup_prefix(&p).map(|(p, v)| (IpNet::V6(p), v)),
         }
     }
 
@@ -163,7 +165,8 @@ impl<V> Lpm<V> {
                 .collect(),
             IpNet::V6(p) => self
                 .v6
-                .children(&p)
+                .covered(&p)
+                .into_iter()
                 .map(|(p, v)| (IpNet::V6(p), v))
                 .collect(),
         }
@@ -194,7 +197,7 @@ impl<V> Lpm<V> {
 mod tests {
     use std::collections::HashMap;
 
-    use ipnet::Ipv4Net;
+    use ipnet::{Ipv4Net, Ipv6Net};
 
     use super::*;
     use crate::testing::Rng;
