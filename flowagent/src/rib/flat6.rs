@@ -11,7 +11,7 @@
 //!  (hi[63:32], DIR) ─▶ directory of the /32: lengths 33..=64 held in it,
 //!                      and whether it holds prefixes longer than /64
 //!  (hi & mask(l), l) ─▶ slab index of the /l, for each length l held
-//!  slab index ─▶ slab[(prefix, value)]
+//!  slab index ─▶ slab[(length, value)]
 //! ```
 //!
 //! The probes of one stage are independent, so a batched lookup asks for
@@ -43,7 +43,7 @@ use prefix_trie::PrefixMap;
 
 use super::{
     flat4::GROUP,
-    mem::{advise_huge, prefetch},
+    mem::prefetch,
     prefix_hash::{PrefixHash, Slot},
 };
 
@@ -86,7 +86,9 @@ pub struct Flat6<V> {
     top: Box<[Top]>,
     hash: PrefixHash,
     long: PrefixMap<Ipv6Net, u32>,
-    slab: Vec<Option<(Ipv6Net, V)>>,
+    /// Length and value of each prefix (its network is known wherever its
+    /// index is found: 16 bytes a prefix less than storing it).
+    slab: Vec<Option<(u8, V)>>,
     free_slab: Vec<u32>,
     len: usize,
 }
@@ -115,11 +117,17 @@ impl<V> Flat6<V> {
         self.len
     }
 
-    fn entry(&self, idx: u32) -> Option<(Ipv6Net, &V)> {
-        self.slab
-            .get(idx as usize)
-            .and_then(Option::as_ref)
-            .map(|(p, v)| (*p, v))
+    /// The prefix at slab index `idx` (the one of its length holding
+    /// `addr`) and its value.
+    #[inline(always)]
+    fn entry(&self, idx: u32, addr: Ipv6Addr) -> Option<(Ipv6Net, &V)> {
+        let (len, v) = self.slab.get(idx as usize)?.as_ref()?;
+        Some((Ipv6Net::new_assert(addr, *len).trunc(), v))
+    }
+
+    /// The length of the prefix at slab index `idx`.
+    fn len_of(&self, idx: u32) -> Option<u8> {
+        self.slab.get(idx as usize)?.as_ref().map(|(l, _)| *l)
     }
 
     /// The slab index of the longest stored prefix of a length in `lens`
@@ -194,7 +202,7 @@ impl<V> Flat6<V> {
         let hi = (u128::from(addr) >> 64) as u64;
         let top = self.stage_top(hi);
         let dir = self.stage_dir(hi);
-        self.entry(self.resolve(addr, dir, top))
+        self.entry(self.resolve(addr, dir, top), addr)
     }
 
     /// The most specific prefix covering each of `addrs`, into `out` (the
@@ -225,8 +233,8 @@ impl<V> Flat6<V> {
                 *i = self.resolve(*a, dir, top);
                 prefetch(self.slab.as_ptr().wrapping_add(*i as usize));
             }
-            for (o, &i) in out.iter_mut().zip(&idx) {
-                *o = self.entry(i);
+            for ((o, &i), a) in out.iter_mut().zip(&idx).zip(addrs) {
+                *o = self.entry(i, *a);
             }
         }
     }
@@ -244,7 +252,7 @@ impl<V> Flat6<V> {
     /// The value of exactly `p` (host bits ignored).
     pub fn get(&self, p: &Ipv6Net) -> Option<&V> {
         let idx = self.find(&p.trunc())?;
-        self.entry(idx).map(|(_, v)| v)
+        self.slab.get(idx as usize)?.as_ref().map(|(_, v)| v)
     }
 
     /// The value of exactly `p` (host bits ignored), mutable.
@@ -271,10 +279,10 @@ impl<V> Flat6<V> {
         if p.prefix_len() > 64
             && let Some((_, &i)) = self.long.get_lpm(&p)
         {
-            return self.entry(i);
+            return self.entry(i, p.network());
         }
         let hi = (u128::from(p.network()) >> 64) as u64;
-        self.entry(self.covering(hi, 0..=p.prefix_len().min(64)))
+        self.entry(self.covering(hi, 0..=p.prefix_len().min(64)), p.network())
     }
 
     /// Stored prefixes inside `p` (itself included), ordered by address
@@ -284,7 +292,7 @@ impl<V> Flat6<V> {
         let mut out: Vec<(Ipv6Net, &V)> = self
             .long
             .children(&p)
-            .filter_map(|(_, &i)| self.entry(i))
+            .filter_map(|(q, &i)| self.entry(i, q.network()))
             .collect();
         if p.prefix_len() <= 64 {
             let (net, m) = ((u128::from(p.network()) >> 64) as u64, mask(p.prefix_len()));
@@ -292,7 +300,7 @@ impl<V> Flat6<V> {
                 self.hash
                     .iter()
                     .filter(|&(n, l, _)| l <= 64 && l >= p.prefix_len() && n & m == net)
-                    .filter_map(|(_, _, s)| self.entry(s.val)),
+                    .filter_map(|(n, _, s)| self.entry(s.val, Ipv6Addr::from(u128::from(n) << 64))),
             );
         }
         out.sort_unstable_by_key(|(p, _)| (p.network(), p.prefix_len()));
@@ -308,16 +316,12 @@ impl<V> Flat6<V> {
         }
         let idx = match self.free_slab.pop() {
             Some(i) => {
-                self.slab[i as usize] = Some((p, value));
+                self.slab[i as usize] = Some((p.prefix_len(), value));
                 i
             }
             None => {
                 let i = u32::try_from(self.slab.len()).unwrap_or(NONE - 1);
-                let cap = self.slab.capacity();
-                self.slab.push(Some((p, value)));
-                if self.slab.capacity() != cap {
-                    advise_huge(&self.slab);
-                }
+                self.slab.push(Some((p.prefix_len(), value)));
                 i
             }
         };
@@ -330,7 +334,7 @@ impl<V> Flat6<V> {
                 let first = t & !((1usize << (16 - len)) - 1);
                 for s in first..first + (1 << (16 - len)) {
                     let cur = self.top[s].best;
-                    let shorter = self.entry(cur).is_none_or(|(q, _)| q.prefix_len() <= len);
+                    let shorter = self.len_of(cur).is_none_or(|l| l <= len);
                     if shorter {
                         self.top[s].best = idx;
                     }
