@@ -23,8 +23,11 @@
 pub mod attrs;
 pub mod best;
 mod flat4;
+mod flat6;
 pub mod lpm;
+mod mem;
 pub mod networks;
+mod prefix_hash;
 pub mod table;
 
 use std::net::IpAddr;

@@ -29,7 +29,7 @@ use super::{
     Error,
     attrs::{Interner, PathAttrs},
     best::{self, Candidate},
-    lpm::Lpm,
+    lpm::{GROUP, Lpm},
     networks::NetworkEntry,
 };
 
@@ -117,6 +117,22 @@ impl RibView<'_> {
     #[inline]
     pub fn bgp(&self, addr: IpAddr) -> Option<(IpNet, &PathAttrs)> {
         self.bgp.lookup(addr).map(|(p, a)| (p, &**a))
+    }
+
+    /// The best BGP route covering each of `addrs`, into `out` (the same
+    /// length; panics otherwise): what [`Self::bgp`] returns for each, but
+    /// with the lookups' cache misses overlapped, several times faster on a
+    /// full table. What a batch of records is enriched with.
+    pub fn bgp_batch<'v>(&'v self, addrs: &[IpAddr], out: &mut [Option<(IpNet, &'v PathAttrs)>]) {
+        assert_eq!(addrs.len(), out.len(), "one output per address");
+        let mut got = [None; GROUP];
+        for (addrs, out) in addrs.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
+            let got = &mut got[..addrs.len()];
+            self.bgp.lookup_batch(addrs, got);
+            for (o, g) in out.iter_mut().zip(got.iter()) {
+                *o = g.map(|(p, a)| (p, &**a));
+            }
+        }
     }
 
     /// The networks-file entry covering `addr`.

@@ -32,6 +32,11 @@ impl Rng {
 /// The sections, in the order they run.
 pub const SECTIONS: &[&str] = &["kernel", "test-run", "drain", "flood", "grpc", "rib", "e2e"];
 
+/// Not a section of its own: `--only lpm` runs just the longest-prefix
+/// figures of the "rib" section (a minute, no BIRD, no root), for work on
+/// the lookup code.
+pub const LPM_ONLY: &str = "lpm";
+
 /// Runs every section (or only the one named, which must be one of
 /// [`SECTIONS`]) and writes the two result files into `out_dir`.
 pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
@@ -63,6 +68,9 @@ pub fn run(out_dir: &Path, quick: bool, only: Option<&str>) {
     if want("rib") {
         eprintln!("bench: RIB");
         figures.extend(rib::run(&scratch.0, quick));
+    }
+    if want("rib") || only == Some(LPM_ONLY) {
+        eprintln!("bench: longest-prefix match");
         figures.extend(lpm::run(quick));
     }
     if want("e2e") {

@@ -1,6 +1,7 @@
 //! The benchmark runner behind `cargo xtask bench` (needs root).
 //!
 //! Usage: flowagent-bench [--quick] [--out DIR] [--only SECTION]
+//! (`--only lpm`: only the longest-prefix figures of the rib section)
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -22,7 +23,8 @@ fn main() {
         }
     }
     let sections = flowagent_tests::bench::SECTIONS;
-    if let Some(s) = only.as_deref().filter(|s| !sections.contains(s)) {
+    let known = |s: &&str| sections.contains(s) || *s == flowagent_tests::bench::LPM_ONLY;
+    if let Some(s) = only.as_deref().filter(|s| !known(s)) {
         eprintln!(
             "flowagent-bench: unknown section {s:?}; sections: {}",
             sections.join(", ")
