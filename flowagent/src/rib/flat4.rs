@@ -38,7 +38,10 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use super::mem::{advise_huge, prefetch};
+use super::{
+    mem::{advise_huge, prefetch},
+    slab::Slab,
+};
 
 /// Addresses a batched lookup carries through its stages together: each
 /// stage has this many independent misses to put in flight before it reads
@@ -260,8 +263,7 @@ pub struct Flat4<V> {
     nodes: Vec<Node>,
     free_nodes: Vec<u32>,
     arena: Arena,
-    slab: Vec<Option<(Ipv4Net, V)>>,
-    free_slab: Vec<u32>,
+    slab: Slab<(Ipv4Net, V)>,
     /// Per length, network address -> slab index.
     exact: Vec<HashMap<u32, u32>>,
     len: usize,
@@ -281,8 +283,7 @@ impl<V> Default for Flat4<V> {
             nodes: Vec::new(),
             free_nodes: Vec::new(),
             arena: Arena::default(),
-            slab: Vec::new(),
-            free_slab: Vec::new(),
+            slab: Slab::new(true),
             exact: vec![HashMap::new(); 33],
             len: 0,
         }
@@ -298,10 +299,7 @@ impl<V> Flat4<V> {
     /// The length of the prefix at slab index `idx` (NONE: none, shorter
     /// than any).
     fn len_of(&self, idx: u32) -> Option<u8> {
-        self.slab
-            .get(idx as usize)
-            .and_then(Option::as_ref)
-            .map(|(p, _)| p.prefix_len())
+        self.slab.get(idx).map(|(p, _)| p.prefix_len())
     }
 
     /// Whether the prefix at `cur` loses a slot to a new prefix of `len`.
@@ -310,10 +308,7 @@ impl<V> Flat4<V> {
     }
 
     fn entry(&self, idx: u32) -> Option<(Ipv4Net, &V)> {
-        self.slab
-            .get(idx as usize)
-            .and_then(Option::as_ref)
-            .map(|(p, v)| (*p, v))
+        self.slab.get(idx).map(|(p, v)| (*p, v))
     }
 
     /// The most specific prefix covering `addr`, and its value.
@@ -412,7 +407,7 @@ impl<V> Flat4<V> {
                 }
                 idx[i] = std::hint::select_unpredictable(v == NONE, idx[i], v);
             }
-            prefetch(self.slab.as_ptr().wrapping_add(idx[i] as usize));
+            self.slab.prefetch(idx[i]);
         }
     }
 
@@ -452,10 +447,7 @@ impl<V> Flat4<V> {
     /// The value of exactly `p` (host bits ignored), mutable.
     pub fn get_mut(&mut self, p: &Ipv4Net) -> Option<&mut V> {
         let idx = self.find(&p.trunc())?;
-        self.slab
-            .get_mut(idx as usize)
-            .and_then(Option::as_mut)
-            .map(|(_, v)| v)
+        self.slab.get_mut(idx).map(|(_, v)| v)
     }
 
     /// The most specific stored prefix covering `p` (itself included).
@@ -497,26 +489,11 @@ impl<V> Flat4<V> {
     pub fn insert(&mut self, p: Ipv4Net, value: V) -> Option<V> {
         let p = p.trunc();
         if let Some(idx) = self.find(&p) {
-            let slot = self.slab.get_mut(idx as usize).and_then(Option::as_mut)?;
+            let slot = self.slab.get_mut(idx)?;
             return Some(std::mem::replace(&mut slot.1, value));
         }
-        let idx = match self.free_slab.pop() {
-            Some(i) => {
-                self.slab[i as usize] = Some((p, value));
-                i
-            }
-            None => {
-                // Indices stay below CHILD: 2^31 prefixes is far past any
-                // memory this table could have.
-                let i = u32::try_from(self.slab.len()).unwrap_or(CHILD - 1);
-                let cap = self.slab.capacity();
-                self.slab.push(Some((p, value)));
-                if self.slab.capacity() != cap {
-                    advise_huge(&self.slab);
-                }
-                i
-            }
-        };
+        // Indices stay below CHILD, which marks a child node in a slot.
+        let idx = self.slab.insert((p, value), CHILD);
         let (net, len) = (u32::from(p.network()), p.prefix_len());
         self.exact[usize::from(len)].insert(net, idx);
         self.len += 1;
@@ -531,8 +508,7 @@ impl<V> Flat4<V> {
         let idx = self.exact[usize::from(len)].remove(&net)?;
         self.len -= 1;
         self.unpaint(net, len, idx);
-        self.free_slab.push(idx);
-        self.slab.get_mut(idx as usize)?.take().map(|(_, v)| v)
+        self.slab.remove(idx).map(|(_, v)| v)
     }
 
     /// A new node with all slots NONE.

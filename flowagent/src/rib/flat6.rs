@@ -43,8 +43,8 @@ use prefix_trie::PrefixMap;
 
 use super::{
     flat4::GROUP,
-    mem::prefetch,
     prefix_hash::{PrefixHash, Slot},
+    slab::Slab,
 };
 
 /// No prefix.
@@ -88,8 +88,7 @@ pub struct Flat6<V> {
     long: PrefixMap<Ipv6Net, u32>,
     /// Length and value of each prefix (its network is known wherever its
     /// index is found: 16 bytes a prefix less than storing it).
-    slab: Vec<Option<(u8, V)>>,
-    free_slab: Vec<u32>,
+    slab: Slab<(u8, V)>,
     len: usize,
 }
 
@@ -104,8 +103,7 @@ impl<V> Default for Flat6<V> {
             top: vec![top; 1 << 16].into_boxed_slice(),
             hash: PrefixHash::default(),
             long: PrefixMap::new(),
-            slab: Vec::new(),
-            free_slab: Vec::new(),
+            slab: Slab::new(false),
             len: 0,
         }
     }
@@ -121,13 +119,13 @@ impl<V> Flat6<V> {
     /// `addr`) and its value.
     #[inline(always)]
     fn entry(&self, idx: u32, addr: Ipv6Addr) -> Option<(Ipv6Net, &V)> {
-        let (len, v) = self.slab.get(idx as usize)?.as_ref()?;
+        let (len, v) = self.slab.get(idx)?;
         Some((Ipv6Net::new_assert(addr, *len).trunc(), v))
     }
 
     /// The length of the prefix at slab index `idx`.
     fn len_of(&self, idx: u32) -> Option<u8> {
-        self.slab.get(idx as usize)?.as_ref().map(|(l, _)| *l)
+        self.slab.get(idx).map(|(l, _)| *l)
     }
 
     /// The slab index of the longest stored prefix of a length in `lens`
@@ -231,7 +229,7 @@ impl<V> Flat6<V> {
             // The probes: ask for the slab entries.
             for (((i, a), dir), top) in idx.iter_mut().zip(addrs).zip(dirs).zip(tops) {
                 *i = self.resolve(*a, dir, top);
-                prefetch(self.slab.as_ptr().wrapping_add(*i as usize));
+                self.slab.prefetch(*i);
             }
             for ((o, &i), a) in out.iter_mut().zip(&idx).zip(addrs) {
                 *o = self.entry(i, *a);
@@ -252,16 +250,13 @@ impl<V> Flat6<V> {
     /// The value of exactly `p` (host bits ignored).
     pub fn get(&self, p: &Ipv6Net) -> Option<&V> {
         let idx = self.find(&p.trunc())?;
-        self.slab.get(idx as usize)?.as_ref().map(|(_, v)| v)
+        self.slab.get(idx).map(|(_, v)| v)
     }
 
     /// The value of exactly `p` (host bits ignored), mutable.
     pub fn get_mut(&mut self, p: &Ipv6Net) -> Option<&mut V> {
         let idx = self.find(&p.trunc())?;
-        self.slab
-            .get_mut(idx as usize)
-            .and_then(Option::as_mut)
-            .map(|(_, v)| v)
+        self.slab.get_mut(idx).map(|(_, v)| v)
     }
 
     /// The slab index of the longest stored prefix of length ≤ 64 in
@@ -311,20 +306,10 @@ impl<V> Flat6<V> {
     pub fn insert(&mut self, p: Ipv6Net, value: V) -> Option<V> {
         let p = p.trunc();
         if let Some(idx) = self.find(&p) {
-            let slot = self.slab.get_mut(idx as usize).and_then(Option::as_mut)?;
+            let slot = self.slab.get_mut(idx)?;
             return Some(std::mem::replace(&mut slot.1, value));
         }
-        let idx = match self.free_slab.pop() {
-            Some(i) => {
-                self.slab[i as usize] = Some((p.prefix_len(), value));
-                i
-            }
-            None => {
-                let i = u32::try_from(self.slab.len()).unwrap_or(NONE - 1);
-                self.slab.push(Some((p.prefix_len(), value)));
-                i
-            }
-        };
+        let idx = self.slab.insert((p.prefix_len(), value), NONE);
         self.len += 1;
         let (hi, len) = ((u128::from(p.network()) >> 64) as u64, p.prefix_len());
         let t = (hi >> 48) as usize;
@@ -414,8 +399,7 @@ impl<V> Flat6<V> {
                 }
             }
         }
-        self.free_slab.push(idx);
-        self.slab.get_mut(idx as usize)?.take().map(|(_, v)| v)
+        self.slab.remove(idx).map(|(_, v)| v)
     }
 }
 

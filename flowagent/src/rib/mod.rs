@@ -28,6 +28,7 @@ pub mod lpm;
 mod mem;
 pub mod networks;
 mod prefix_hash;
+mod slab;
 pub mod table;
 
 use std::net::IpAddr;
