@@ -29,7 +29,7 @@ pub mod sys;
 
 use std::{
     num::NonZeroUsize,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     time::{Duration, SystemTime},
 };
 
@@ -223,6 +223,35 @@ fn threads_for(threads: usize, entries: usize) -> usize {
     (entries / MIN_ENTRIES_PER_THREAD).clamp(1, threads)
 }
 
+/// Walks one family's map of the drained slot with as many of `lanes` as
+/// `created` entries call for, and returns the entries read. Skipped when
+/// the programs created no entry and the last walk of the family
+/// succeeded; `unclean` stays set while a walk has not completed, so a map
+/// that may still hold entries is walked whatever the counter says.
+fn walk_family<K: aya::Pod>(
+    builder: &Builder<'_>,
+    map: BorrowedFd<'_>,
+    buckets: u32,
+    lanes: &mut [build::Lane],
+    created: usize,
+    unclean: &mut bool,
+    what: &'static str,
+) -> Result<usize, Error>
+where
+    for<'k> build::KeyParts: From<&'k K>,
+{
+    if created == 0 && !*unclean {
+        return Ok(0);
+    }
+    *unclean = true;
+    let threads = threads_for(lanes.len(), created);
+    let n = builder
+        .drain_map::<K>(map, buckets, &mut lanes[..threads])
+        .map_err(|source| Error::Syscall { what, source })?;
+    *unclean = false;
+    Ok(n)
+}
+
 /// Drains the maps every interval and sends the batches on.
 pub struct Drainer {
     maps: Maps,
@@ -386,36 +415,24 @@ impl Drainer {
             counters.get(Counter::FlowsV4) as usize,
             counters.get(Counter::FlowsV6) as usize,
         ];
-        let mut n4 = 0;
-        if created[0] > 0 || self.unclean[0] {
-            self.unclean[0] = true;
-            n4 = builder
-                .drain_map::<FlowKeyV4>(
-                    self.maps.v4[old as usize].fd().as_fd(),
-                    b4,
-                    &mut self.lanes[..threads_for(self.threads, created[0])],
-                )
-                .map_err(|source| Error::Syscall {
-                    what: "draining the IPv4 flow map",
-                    source,
-                })?;
-            self.unclean[0] = false;
-        }
-        let mut n6 = 0;
-        if created[1] > 0 || self.unclean[1] {
-            self.unclean[1] = true;
-            n6 = builder
-                .drain_map::<FlowKeyV6>(
-                    self.maps.v6[old as usize].fd().as_fd(),
-                    b6,
-                    &mut self.lanes[..threads_for(self.threads, created[1])],
-                )
-                .map_err(|source| Error::Syscall {
-                    what: "draining the IPv6 flow map",
-                    source,
-                })?;
-            self.unclean[1] = false;
-        }
+        let n4 = walk_family::<FlowKeyV4>(
+            &builder,
+            self.maps.v4[old as usize].fd().as_fd(),
+            b4,
+            &mut self.lanes,
+            created[0],
+            &mut self.unclean[0],
+            "draining the IPv4 flow map",
+        )?;
+        let n6 = walk_family::<FlowKeyV6>(
+            &builder,
+            self.maps.v6[old as usize].fd().as_fd(),
+            b6,
+            &mut self.lanes,
+            created[1],
+            &mut self.unclean[1],
+            "draining the IPv6 flow map",
+        )?;
         if [n4, n6] != created {
             // Only after a failed walk (the map kept entries the counter no
             // longer counts) or a bug: say so, the records are right anyway.
