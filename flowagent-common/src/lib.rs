@@ -19,6 +19,11 @@ pub mod names {
     pub const FLOWS_V4: [&str; 2] = ["FLOWS_V4_0", "FLOWS_V4_1"];
     /// Per-CPU hash maps of IPv6 flows, one per drain slot.
     pub const FLOWS_V6: [&str; 2] = ["FLOWS_V6_0", "FLOWS_V6_1"];
+    /// Array (mmapable) of [`crate::CachedV4`] entries: every CPU's IPv4
+    /// flow cache, for both slots.
+    pub const CACHE_V4: &str = "CACHE_V4";
+    /// The same for IPv6 ([`crate::CachedV6`]).
+    pub const CACHE_V6: &str = "CACHE_V6";
     /// Per-CPU array of [`crate::Counter`] values for both slots.
     pub const COUNTERS: &str = "COUNTERS";
     /// One-entry array holding the slot the programs write to now.
@@ -49,13 +54,15 @@ pub mod names {
 /// CPUs beyond use a per-CPU map and the `SAMPLE_THRESHOLD` global.
 pub const SAMPLER_CPUS: usize = 512;
 
-/// One CPU's sampling decision: its generator state and the threshold, in
-/// one cache line of its own.
+/// One CPU's line of per-packet settings: its sampling generator and
+/// threshold, and where its flow caches are.
 ///
-/// Why the threshold is copied into every CPU's line: a sampled-out packet
-/// then reads one line and nothing else. With live traffic the network stack
-/// runs between two packets and evicts L1, so every further line (the
-/// `.rodata` threshold was one) costs a miss on most packets.
+/// Why the threshold and the cache layout are copied into every CPU's line:
+/// a sampled-out packet then reads one line and nothing else, and an
+/// accounted one finds its cache entry from the same line. With live traffic
+/// the network stack runs between two packets and evicts L1, so every
+/// further line (the `.rodata` threshold was one) costs a miss on most
+/// packets.
 #[repr(C, align(64))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Sampler {
@@ -65,19 +72,46 @@ pub struct Sampler {
     /// A packet is sampled when a uniform random `u32` is below this; 0
     /// samples every packet. Set by the agent at load time.
     pub threshold: u32,
+    /// Per slot: the index of this CPU's first entry in the `CACHE_V4` and
+    /// `CACHE_V6` arrays. Set by the agent at load time.
+    pub cache_base: [u32; 2],
+    /// This CPU's cache entries per slot minus one (a power of two minus
+    /// one): the mask applied to a key's cache hash.
+    pub cache_mask: u32,
     /// Explicit padding to the cache line, always zero.
-    pub _pad: [u8; 56],
+    pub _pad: [u32; 11],
 }
 
 impl Sampler {
-    /// An unseeded sampler with this threshold.
+    /// An unseeded sampler with this threshold and no cache layout.
     pub const fn new(threshold: u32) -> Self {
         Sampler {
             state: 0,
             threshold,
-            _pad: [0; 56],
+            cache_base: [0; 2],
+            cache_mask: 0,
+            _pad: [0; 11],
         }
     }
+
+    /// An unseeded sampler of CPU `cpu` with this threshold, whose caches
+    /// hold `1 << cache_bits` entries per slot in arrays laid out for
+    /// `cpus` CPUs: slot-major, then by CPU (see [`cache_index`]).
+    pub const fn with_cache(threshold: u32, cpu: u32, cpus: u32, cache_bits: u32) -> Self {
+        let mut s = Sampler::new(threshold);
+        s.cache_base = [
+            cache_index(0, cpu, cpus, cache_bits, 0),
+            cache_index(1, cpu, cpus, cache_bits, 0),
+        ];
+        s.cache_mask = (1u32 << cache_bits) - 1;
+        s
+    }
+}
+
+/// The index in a cache array of entry `at` of CPU `cpu`'s cache for `slot`,
+/// with `cpus` CPUs and `1 << cache_bits` entries per CPU and slot.
+pub const fn cache_index(slot: u32, cpu: u32, cpus: u32, cache_bits: u32, at: u32) -> u32 {
+    ((slot * cpus + cpu) << cache_bits) + at
 }
 
 const _: () = assert!(core::mem::size_of::<Sampler>() == 64);
@@ -121,14 +155,19 @@ pub enum Counter {
     FlowsV4 = 6,
     /// The same for the IPv6 flow map.
     FlowsV6 = 7,
+    /// Entries the programs filled in the slot's IPv4 flow caches (one per
+    /// flow and CPU). The drain skips the scan of empty caches. Not exported.
+    CachedV4 = 8,
+    /// The same for the IPv6 flow caches.
+    CachedV6 = 9,
 }
 
 /// Number of counter indexes reserved per slot in the `COUNTERS` array.
-pub const COUNTERS_PER_SLOT: u32 = 8;
+pub const COUNTERS_PER_SLOT: u32 = 10;
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::NonIpPackets,
         Counter::NonIpBytes,
         Counter::MalformedPackets,
@@ -137,6 +176,8 @@ impl Counter {
         Counter::OverflowBytes,
         Counter::FlowsV4,
         Counter::FlowsV6,
+        Counter::CachedV4,
+        Counter::CachedV6,
     ];
 
     /// Index of this counter for `slot` in the `COUNTERS` per-CPU array.
@@ -225,6 +266,102 @@ pub struct FlowStats {
     pub _pad: [u8; 4],
 }
 
+/// Multiplier of the cache hash (2^64 / golden ratio, odd): multiplicative
+/// hashing (Knuth, TAOCP 6.4) spreads the key's bits into the high bits.
+const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl FlowKeyV4 {
+    /// The key as five native-order words, for hashing and comparing in
+    /// whole-word loads (the eBPF backend splits byte-array compares into
+    /// byte loads).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 5] {
+        // SAFETY: FlowKeyV4 is 20 bytes of plain integers, 4-aligned, with
+        // no implicit padding (asserted below), so it reads as 5 words.
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    /// The key's hash in the flow cache: the same on every CPU and in the
+    /// agent, so a flow sits at the same index of every CPU's cache.
+    #[inline(always)]
+    pub fn cache_hash(&self) -> u32 {
+        let w = self.words();
+        let a = (w[0] as u64) | ((w[1] as u64) << 32);
+        let b = (w[2] as u64) | ((w[3] as u64) << 32);
+        let x = (a.wrapping_mul(HASH_MUL) ^ b).wrapping_mul(HASH_MUL) ^ w[4] as u64;
+        (x.wrapping_mul(HASH_MUL) >> 32) as u32
+    }
+}
+
+impl FlowKeyV6 {
+    /// The key as eleven native-order words (see [`FlowKeyV4::words`]).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 11] {
+        // SAFETY: FlowKeyV6 is 44 bytes of plain integers, 4-aligned, with
+        // no implicit padding (asserted below), so it reads as 11 words.
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    /// The key's hash in the flow cache (see [`FlowKeyV4::cache_hash`]).
+    #[inline(always)]
+    pub fn cache_hash(&self) -> u32 {
+        let w = self.words();
+        let word = |i: usize| (w[i] as u64) | ((w[i + 1] as u64) << 32);
+        let mut x = word(0).wrapping_mul(HASH_MUL) ^ word(2);
+        x = x.wrapping_mul(HASH_MUL) ^ word(4);
+        x = x.wrapping_mul(HASH_MUL) ^ word(6);
+        x = x.wrapping_mul(HASH_MUL) ^ word(8);
+        x = x.wrapping_mul(HASH_MUL) ^ w[10] as u64;
+        (x.wrapping_mul(HASH_MUL) >> 32) as u32
+    }
+}
+
+/// One entry of a CPU's IPv4 flow cache: a direct-mapped table indexed by
+/// [`FlowKeyV4::cache_hash`], one per CPU and slot, in an mmapable array.
+///
+/// Why a cache in front of the per-CPU hash maps: a hash map update reads
+/// the map's struct, the bucket, the element (two lines) and the per-CPU
+/// value, and with live traffic the stack between two packets evicts them
+/// all from L1; a cache entry is one line (key and the per-packet fields),
+/// found by arithmetic. The agent reads the caches through a memory mapping
+/// instead of a syscall per batch. A flow whose entry is taken by another
+/// flow goes to the hash map, as before.
+///
+/// An entry is empty when `key.ifindex` is 0 (no interface has index 0);
+/// the agent zeroes every entry it drains.
+#[repr(C, align(64))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedV4 {
+    /// The flow.
+    pub key: FlowKeyV4,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+    /// Its statistics on this CPU: the per-packet fields end within the
+    /// first line (offset 24 + 25).
+    pub stats: FlowStats,
+    /// Explicit padding to two lines, always zero.
+    pub _tail: [u64; 5],
+}
+
+/// One entry of a CPU's IPv6 flow cache (see [`CachedV4`]); the key and
+/// the packet and byte counts are in the first line.
+#[repr(C, align(64))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedV6 {
+    /// The flow.
+    pub key: FlowKeyV6,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+    /// Its statistics on this CPU.
+    pub stats: FlowStats,
+    /// Explicit padding to two lines, always zero.
+    pub _tail: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<CachedV4>() == 128);
+const _: () = assert!(core::mem::size_of::<CachedV6>() == 128);
+const _: () = assert!(core::mem::offset_of!(CachedV4, stats) == 24);
+const _: () = assert!(core::mem::offset_of!(CachedV6, stats) == 48);
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);

@@ -6,7 +6,7 @@ extern crate std;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{FlowKeyV4, FlowKeyV6, FlowStats, Sampler};
+use crate::{CachedV4, CachedV6, FlowKeyV4, FlowKeyV6, FlowStats, Sampler};
 
 // SAFETY: all four are `#[repr(C)]`, `Copy`, built only from integers and
 // byte arrays with explicit padding, so every bit pattern is a valid value.
@@ -15,8 +15,12 @@ unsafe impl aya::Pod for FlowKeyV4 {}
 unsafe impl aya::Pod for FlowKeyV6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowStats {}
-// SAFETY: as above (two u32 and 56 bytes of padding, no implicit padding).
+// SAFETY: as above (sixteen u32, no implicit padding).
 unsafe impl aya::Pod for Sampler {}
+// SAFETY: as above (key, explicit padding, stats, explicit padding).
+unsafe impl aya::Pod for CachedV4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CachedV6 {}
 
 impl FlowKeyV4 {
     /// Source address.

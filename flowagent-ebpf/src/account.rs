@@ -1,9 +1,12 @@
 //! Accounting: turns a parsed packet into a flow-map update or a counter.
 //!
-//! Fast path (existing flow): one array lookup for the slot, one per-CPU hash
-//! lookup (both inlined by the verifier), an inlined jiffies read, four
-//! stores. A new flow adds the FIB lookup (ingress only) and an insert; when the map is full the packet goes to the overflow counters, so
-//! nothing sampled is ever lost.
+//! Fast path (existing flow): one array lookup for the slot, the flow's
+//! entry in this CPU's flow cache (an index computed from the key's hash;
+//! the lookup inlined by the verifier), an inlined jiffies read, four
+//! stores. A new flow fills its cache entry, after the FIB lookup (ingress
+//! only). A flow whose cache entry another flow holds goes to the per-CPU
+//! hash map instead (an inlined lookup, or an insert); when that map is full
+//! the packet goes to the overflow counters, so nothing sampled is ever lost.
 
 use core::mem::size_of;
 
@@ -17,10 +20,15 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
 };
 use aya_log_ebpf::warn;
-use flowagent_common::{Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
+use flowagent_common::{
+    CachedV4, CachedV6, Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowStats,
+};
 
 use crate::{
-    maps::{FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot, count, count_entry},
+    maps::{
+        CACHE_V4, CACHE_V6, Cpu, FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot,
+        count, count_entry,
+    },
     parse::{Frame, Meta, Parsed, parse, src_mac},
 };
 
@@ -28,21 +36,33 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const EEXIST: i32 = 17;
 
+/// `Observation::vlan_hint` when the stack holds no VLAN tag.
+pub const NO_VLAN_HINT: u32 = u32::MAX;
+
 /// Where and how a packet was observed.
 pub struct Observation {
     /// The interface the program runs on.
     pub ifindex: u32,
     /// `DIRECTION_INGRESS` or `DIRECTION_EGRESS`.
     pub direction: u8,
-    /// Outer VLAN id already taken out of the frame by the stack (TC).
-    pub vlan_hint: Option<u16>,
+    /// Outer VLAN id already taken out of the frame by the stack (TC), or
+    /// [`NO_VLAN_HINT`]. Not an `Option<u16>`: LLVM spills a `None`'s
+    /// undefined payload from whatever register is at hand, a pointer at
+    /// times, and the verifier rejects a pointer stored in two bytes.
+    pub vlan_hint: u32,
     /// The flow's other interface when the context knows it (TC egress).
     pub other_ifindex: u32,
 }
 
 /// Parses a frame of `frame_len` bytes and accounts it in the active slot.
 #[inline(always)]
-pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs: &Observation) {
+pub fn account<C: EbpfContext, F: Frame>(
+    ctx: &C,
+    cpu: Cpu,
+    frame: F,
+    frame_len: u64,
+    obs: &Observation,
+) {
     let slot = active_slot();
     match parse(frame, obs.vlan_hint) {
         Parsed::V4(mut key, meta) => {
@@ -56,6 +76,7 @@ pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs:
                     meta,
                     obs,
                     frame,
+                    cpu,
                 },
             );
         }
@@ -70,6 +91,7 @@ pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs:
                     meta,
                     obs,
                     frame,
+                    cpu,
                 },
             );
         }
@@ -82,10 +104,23 @@ pub fn account<C: EbpfContext, F: Frame>(ctx: &C, frame: F, frame_len: u64, obs:
     }
 }
 
-/// A key type with one flow map per slot and a way to ask the FIB about it.
-trait FlowKey: Sized + 'static {
+/// A key type with its flow caches, one flow map per slot and a way to ask
+/// the FIB about it.
+trait FlowKey: Copy + 'static {
     /// The counter of entries created in this key's maps.
     const CREATED: Counter;
+    /// The counter of entries filled in this key's caches.
+    const CACHED: Counter;
+    /// The entry type of this key's caches.
+    type Cached;
+    /// The cache entry at `index` of this key's cache array.
+    fn cached(index: u32) -> Option<*mut Self::Cached>;
+    /// The key and stats of a cache entry.
+    fn parts(entry: *mut Self::Cached) -> (*mut Self, *mut FlowStats);
+    /// Whether two keys are equal, compared word by word.
+    fn same(&self, other: &Self) -> bool;
+    /// See `FlowKeyV4::cache_hash`.
+    fn hash(&self) -> u32;
     /// The flow map of slot `SLOT`.
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats>;
     /// Fills family and addresses of a FIB request.
@@ -95,8 +130,42 @@ trait FlowKey: Sized + 'static {
     fn gateway(&self, params: &FibParams) -> Option<[u8; 16]>;
 }
 
+/// Whether two word arrays are equal: the XOR of each pair ORed together,
+/// so the comparison is straight-line code without a branch per word.
+#[inline(always)]
+fn same_words<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
+    let mut diff = 0;
+    for i in 0..N {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
+}
+
 impl FlowKey for FlowKeyV4 {
     const CREATED: Counter = Counter::FlowsV4;
+    const CACHED: Counter = Counter::CachedV4;
+    type Cached = CachedV4;
+
+    #[inline(always)]
+    fn cached(index: u32) -> Option<*mut CachedV4> {
+        CACHE_V4.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn parts(entry: *mut CachedV4) -> (*mut Self, *mut FlowStats) {
+        // SAFETY: projections of a valid entry pointer; nothing is read.
+        unsafe { (&raw mut (*entry).key, &raw mut (*entry).stats) }
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
+    }
+
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        self.cache_hash()
+    }
 
     #[inline(always)]
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
@@ -127,6 +196,29 @@ impl FlowKey for FlowKeyV4 {
 
 impl FlowKey for FlowKeyV6 {
     const CREATED: Counter = Counter::FlowsV6;
+    const CACHED: Counter = Counter::CachedV6;
+    type Cached = CachedV6;
+
+    #[inline(always)]
+    fn cached(index: u32) -> Option<*mut CachedV6> {
+        CACHE_V6.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn parts(entry: *mut CachedV6) -> (*mut Self, *mut FlowStats) {
+        // SAFETY: projections of a valid entry pointer; nothing is read.
+        unsafe { (&raw mut (*entry).key, &raw mut (*entry).stats) }
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
+    }
+
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        self.cache_hash()
+    }
 
     #[inline(always)]
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats> {
@@ -160,6 +252,8 @@ struct Job<'a, K, F> {
     obs: &'a Observation,
     /// The frame, for what a new flow reads beyond the key (source MAC).
     frame: F,
+    /// The CPU, whose line says where its caches are.
+    cpu: Cpu,
 }
 
 /// Calls the update compiled for the active slot.
@@ -190,6 +284,28 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     // The resolution (1/HZ, 1-10 ms) is what flow timestamps need.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
+    if let Some(index) = job.cpu.cache_index(SLOT, key.hash())
+        && let Some(entry) = K::cached(index)
+    {
+        let (cached_key, stats) = K::parts(entry);
+        // SAFETY: this CPU's own cache entry: only programs on this CPU
+        // write it, and they do not nest; the agent touches it only after
+        // the slot's barrier.
+        let (cached_key, stats) = unsafe { (&mut *cached_key, &mut *stats) };
+        if stats.packets != 0 && cached_key.same(key) {
+            add(stats, meta, now);
+            return;
+        }
+        if stats.packets == 0 {
+            // Empty (the agent zeroes what it drains): the flow takes it.
+            *cached_key = *key;
+            init(ctx, stats, job, now);
+            add(stats, meta, now);
+            count_entry(SLOT, K::CACHED as u32);
+            return;
+        }
+        // Held by another flow: this one goes to the hash map.
+    }
     if let Some(stats) = map.get_ptr_mut(key) {
         // SAFETY: the value is this CPU's copy; no other writer runs on it.
         let stats = unsafe { &mut *stats };

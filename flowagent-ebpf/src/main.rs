@@ -21,22 +21,23 @@ use aya_ebpf::{
 use flowagent_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 
 use crate::{
-    account::{Observation, account},
+    account::{NO_VLAN_HINT, Observation, account},
     parse::{COPY_LEN, Copied, Packet},
 };
 
 /// XDP ingress accounting.
 #[xdp]
 pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
-    if !maps::sampled_out() {
+    let cpu = maps::Cpu::current();
+    if !cpu.sampled_out() {
         let obs = Observation {
             ifindex: ctx.ingress_ifindex() as u32,
             direction: DIRECTION_INGRESS,
-            vlan_hint: None,
+            vlan_hint: NO_VLAN_HINT,
             other_ifindex: 0,
         };
         let frame = Packet::new(ctx.data(), ctx.data_end());
-        account(&ctx, frame, (ctx.data_end() - ctx.data()) as u64, &obs);
+        account(&ctx, cpu, frame, (ctx.data_end() - ctx.data()) as u64, &obs);
     }
     xdp_action::XDP_PASS
 }
@@ -80,8 +81,9 @@ pub fn flowagent_clock(_ctx: XdpContext) -> u32 {
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
-    if !maps::sampled_out() {
-        tc_account(&ctx, DIRECTION_INGRESS);
+    let cpu = maps::Cpu::current();
+    if !cpu.sampled_out() {
+        tc_account(&ctx, cpu, DIRECTION_INGRESS);
     }
     TC_ACT_OK
 }
@@ -89,14 +91,15 @@ pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
 /// TC (tcx/clsact) egress accounting.
 #[classifier]
 pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
-    if !maps::sampled_out() {
-        tc_account(&ctx, DIRECTION_EGRESS);
+    let cpu = maps::Cpu::current();
+    if !cpu.sampled_out() {
+        tc_account(&ctx, cpu, DIRECTION_EGRESS);
     }
     TC_ACT_OK
 }
 
 #[inline(always)]
-fn tc_account(ctx: &TcContext, direction: u8) {
+fn tc_account(ctx: &TcContext, cpu: maps::Cpu, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: `skb` is the context pointer the kernel passed in.
     let (ifindex, ingress_ifindex, vlan_present, vlan_tci, len) = unsafe {
@@ -112,9 +115,9 @@ fn tc_account(ctx: &TcContext, direction: u8) {
     // frame into skb metadata (skb_vlan_untag() runs before tc), so it is
     // taken from there; on egress it is there when the tag is offloaded.
     let vlan_hint = if vlan_present != 0 {
-        Some((vlan_tci & 0x0fff) as u16)
+        vlan_tci & 0x0fff
     } else {
-        None
+        NO_VLAN_HINT
     };
     let other_ifindex = if direction == DIRECTION_EGRESS {
         // The interface a forwarded packet came in on; 0 for local traffic.
@@ -142,9 +145,9 @@ fn tc_account(ctx: &TcContext, direction: u8) {
     };
     let linear = Packet::new(ctx.data(), ctx.data_end());
     if ctx.data_end() - ctx.data() >= want {
-        account(ctx, linear, len as u64, &obs);
+        account(ctx, cpu, linear, len as u64, &obs);
     } else if let Some(copy) = copy_headers(ctx, want) {
-        account(ctx, copy, len as u64, &obs);
+        account(ctx, cpu, copy, len as u64, &obs);
     } else {
         // The skb is shorter than it says (cannot happen): count the packet
         // rather than lose it.

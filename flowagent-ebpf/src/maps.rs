@@ -11,13 +11,22 @@
 
 use crate::parse::COPY_LEN;
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 use flowagent_common::{
-    COUNTERS_PER_SLOT, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6, FlowStats, SAMPLER_CPUS, SLOTS,
-    Sampler,
+    COUNTERS_PER_SLOT, CachedV4, CachedV6, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6, FlowStats,
+    SAMPLER_CPUS, SLOTS, Sampler,
 };
+
+/// Every CPU's IPv4 flow cache for both slots (layout: [`Sampler`]); the
+/// agent sizes it at load time and reads it through a memory mapping.
+#[map]
+pub static CACHE_V4: Array<CachedV4> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Every CPU's IPv6 flow cache for both slots.
+#[map]
+pub static CACHE_V6: Array<CachedV6> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// IPv4 flows, slot 0.
 #[map]
@@ -50,8 +59,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS * CO
 #[map]
 pub static RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// The sampling decision of CPUs 0 to [`SAMPLER_CPUS`] - 1, indexed by CPU
-/// number (.bss, 32 KiB; the agent sets every threshold at load time).
+/// The per-packet settings of CPUs 0 to [`SAMPLER_CPUS`] - 1, indexed by
+/// CPU number (.bss, 32 KiB; the agent sets every line at load time).
 ///
 /// Why not a per-CPU array map: its inlined lookup loads the map's per-CPU
 /// pointer table before the value, two dependent cache lines on the
@@ -83,52 +92,88 @@ pub fn active_slot() -> u32 {
     }
 }
 
-/// Whether this packet is left out by 1-in-N sampling.
-///
-/// The decision draws from this CPU's xorshift32 generator (Marsaglia,
-/// "Xorshift RNGs", 2003), seeded once from `bpf_get_prandom_u32()`: a
-/// helper call costs about 15 ns on these machines, most of the sampled-out
-/// path's budget, while the generator is six ALU ops. Its output is never 0
-/// and its period 2^32 - 1, plenty for 1-in-N sampling.
-#[inline(always)]
-pub fn sampled_out() -> bool {
-    // SAFETY: helper without preconditions; the verifier inlines it.
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
-    let (state, threshold): (*mut u32, u32) = if cpu < SAMPLER_CPUS {
-        // SAFETY: in bounds (checked above); raw pointers, no reference to
-        // the `static mut` is formed. The threshold is only written by the
-        // loader, before any program runs.
-        unsafe {
-            let sampler = &raw mut SAMPLERS[cpu];
-            (&raw mut (*sampler).state, (*sampler).threshold)
-        }
-    } else {
-        // SAFETY: reading a plain `.rodata` global; volatile stops the
-        // compiler from folding the default value in before the loader
-        // overrides it.
-        let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
-        match RNG.get_ptr_mut(0) {
-            Some(state) => (state, threshold),
-            None => return false,
-        }
-    };
-    if threshold == 0 {
-        return false;
+/// The CPU a program runs on: its line of settings when it has one.
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    /// This CPU's entry of `SAMPLERS`; null for CPUs numbered
+    /// [`SAMPLER_CPUS`] and above, which have no flow cache.
+    sampler: *mut Sampler,
+}
+
+impl Cpu {
+    /// The CPU this program runs on.
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: helper without preconditions; the verifier inlines it.
+        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
+        let sampler = if cpu < SAMPLER_CPUS {
+            // SAFETY: in bounds (checked above); a raw pointer, no reference
+            // to the `static mut` is formed.
+            unsafe { &raw mut SAMPLERS[cpu] }
+        } else {
+            core::ptr::null_mut()
+        };
+        Cpu { sampler }
     }
-    // SAFETY: this CPU's own state; nothing else writes it while this
-    // program runs (programs do not nest on one CPU here, and a CPU only
-    // touches its own entry).
-    let mut x = unsafe { *state };
-    if x == 0 {
-        // SAFETY: helper without preconditions.
-        x = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } | 1;
+
+    /// Whether this packet is left out by 1-in-N sampling.
+    ///
+    /// The decision draws from this CPU's xorshift32 generator (Marsaglia,
+    /// "Xorshift RNGs", 2003), seeded once from `bpf_get_prandom_u32()`: a
+    /// helper call costs about 15 ns on these machines, most of the
+    /// sampled-out path's budget, while the generator is six ALU ops. Its
+    /// output is never 0 and its period 2^32 - 1, plenty for 1-in-N sampling.
+    #[inline(always)]
+    pub fn sampled_out(self) -> bool {
+        let (state, threshold): (*mut u32, u32) = if !self.sampler.is_null() {
+            // SAFETY: this CPU's entry of SAMPLERS. The threshold is only
+            // written by the loader, before any program runs.
+            unsafe { (&raw mut (*self.sampler).state, (*self.sampler).threshold) }
+        } else {
+            // SAFETY: reading a plain `.rodata` global; volatile stops the
+            // compiler from folding the default value in before the loader
+            // overrides it.
+            let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
+            match RNG.get_ptr_mut(0) {
+                Some(state) => (state, threshold),
+                None => return false,
+            }
+        };
+        if threshold == 0 {
+            return false;
+        }
+        // SAFETY: this CPU's own state; nothing else writes it while this
+        // program runs (programs do not nest on one CPU here, and a CPU only
+        // touches its own entry).
+        let mut x = unsafe { *state };
+        if x == 0 {
+            // SAFETY: helper without preconditions.
+            x = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        // SAFETY: as above.
+        unsafe { *state = x };
+        x >= threshold
     }
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    // SAFETY: as above.
-    unsafe { *state = x };
-    x >= threshold
+
+    /// The index in the cache arrays of the entry for a key hashing to
+    /// `hash` in this CPU's cache of `slot` (0 or 1); None without a cache.
+    #[inline(always)]
+    pub fn cache_index(self, slot: u32, hash: u32) -> Option<u32> {
+        if self.sampler.is_null() {
+            return None;
+        }
+        // SAFETY: this CPU's entry of SAMPLERS, written only by the loader.
+        let (base, mask) = unsafe {
+            (
+                (*self.sampler).cache_base[(slot & 1) as usize],
+                (*self.sampler).cache_mask,
+            )
+        };
+        Some(base + (hash & mask))
+    }
 }
 
 /// Adds `packets` and `bytes` to a pair of counters of `slot`.

@@ -161,15 +161,16 @@ pub fn src_mac<F: Frame>(frame: F) -> [u8; 6] {
 }
 
 /// Parses a frame. `vlan_hint` is the outer VLAN id when the stack already
-/// took the tag out of the frame (TC ingress).
+/// took the tag out of the frame (TC ingress), and larger than any VLAN id
+/// otherwise.
 #[inline(always)]
-pub fn parse<F: Frame>(frame: F, vlan_hint: Option<u16>) -> Parsed {
+pub fn parse<F: Frame>(frame: F, vlan_hint: u32) -> Parsed {
     let Some(mut ethertype) = be16_at(frame, 12) else {
         return Parsed::Malformed;
     };
     let mut offset = ETH_HLEN;
-    let mut vlan = vlan_hint.unwrap_or(0);
-    let mut have_vlan = vlan_hint.is_some();
+    let mut have_vlan = vlan_hint <= 0x0fff;
+    let mut vlan = if have_vlan { vlan_hint as u16 } else { 0 };
     // Two tags at most (802.1ad S-tag + 802.1Q C-tag); the outer id is kept.
     for _ in 0..2 {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {

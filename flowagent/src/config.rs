@@ -24,6 +24,9 @@ use crate::{
 /// map cost about `max_flows * (80 + 56 * CPUs)` bytes, so this already asks
 /// the kernel for gigabytes on a large machine.
 pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
+/// Largest accepted `--flow-cache`: 16M entries per CPU (each costs 512
+/// bytes: 128 per entry, two families, two slots).
+pub const FLOW_CACHE_LIMIT: u32 = 1 << 24;
 /// Largest accepted sampling rate (1 in 16M).
 pub const SAMPLING_LIMIT: u32 = 1 << 24;
 /// Longest accepted drain interval, one hour.
@@ -125,6 +128,9 @@ pub struct Config {
     pub sampling: u32,
     /// Entries per flow map.
     pub max_flows: u32,
+    /// Entries of each CPU's flow caches (`--flow-cache`); None: the
+    /// loader's default for `max_flows` and the CPUs; 0: no cache.
+    pub flow_cache: Option<u32>,
     /// Record destination.
     pub output: Output,
     /// BGP and/or networks-file enrichment; `None` when neither is configured.
@@ -192,6 +198,8 @@ pub struct RawConfig {
     pub sampling: Option<u32>,
     /// `--max-flows`.
     pub max_flows: Option<u32>,
+    /// `--flow-cache`.
+    pub flow_cache: Option<u32>,
     /// `--output`: a path, or `-` for stdout.
     pub output: Option<String>,
     /// `--bgp-listen`: `ADDR:PORT`.
@@ -260,6 +268,7 @@ impl RawConfig {
             interval: flags.interval.or(self.interval),
             sampling: flags.sampling.or(self.sampling),
             max_flows: flags.max_flows.or(self.max_flows),
+            flow_cache: flags.flow_cache.or(self.flow_cache),
             output: flags.output.or(self.output),
             bgp_listen: flags.bgp_listen.or(self.bgp_listen),
             local_as: flags.local_as.or(self.local_as),
@@ -382,6 +391,15 @@ impl RawConfig {
                 &format!("map size too large or zero: 1 to {MAX_FLOWS_LIMIT} entries"),
             ));
         }
+        if let Some(cache) = self.flow_cache
+            && cache > FLOW_CACHE_LIMIT
+        {
+            return Err(invalid(
+                "--flow-cache",
+                &cache.to_string(),
+                &format!("cache too large: 0 (off) to {FLOW_CACHE_LIMIT} entries per CPU"),
+            ));
+        }
         let output = match self.output.as_deref() {
             None | Some("-") => Output::Stdout,
             Some("") => return Err(invalid("--output", "", "a file path or - for stdout")),
@@ -395,6 +413,7 @@ impl RawConfig {
             interval: Duration::from_secs(interval),
             sampling,
             max_flows,
+            flow_cache: self.flow_cache,
             output,
             routing,
             grpc,
@@ -739,7 +758,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_values_naming_the_key() {
-        let cases: [(RawConfig, &str); 8] = [
+        let cases: [(RawConfig, &str); 9] = [
             (
                 RawConfig {
                     sampling: Some(0),
@@ -760,6 +779,13 @@ mod tests {
                     ..raw()
                 },
                 "--max-flows",
+            ),
+            (
+                RawConfig {
+                    flow_cache: Some(FLOW_CACHE_LIMIT + 1),
+                    ..raw()
+                },
+                "--flow-cache",
             ),
             (
                 RawConfig {

@@ -531,12 +531,51 @@ fn sampling_stays_within_binomial_bounds() {
     assert!(out.counters.iter().all(|c| c["sampling_rate"] == 100));
 }
 
+/// 200 two-packet flows against a 16-entry map: without a flow cache
+/// exactly 16 flows get in, with both packets, and the rest is counted as
+/// overflow.
 #[test]
 fn full_map_overflow_is_counted_exactly() {
-    let lab = Lab::new("full");
+    let out = overflow_run("full", "0");
+    let in_flows = out.sum("packets", |_| true);
+    // The map holds exactly 16 flows; each got both of its packets.
+    assert_eq!(out.flows.len(), 16, "{:#?}", out.flows);
+    assert_eq!(in_flows, 32);
+}
+
+/// The same with a cache of 4 entries per CPU in front of the map: the
+/// flows that get in are those of the map and those the caches hold, and
+/// each still has both of its packets in one record.
+#[test]
+fn full_map_and_cache_overflow_is_counted_exactly() {
+    let out = overflow_run("fullc", "4");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let n = out.flows.len();
+    assert!((17..=16 + 4 * cpus).contains(&n), "{n} flows");
+    assert!(
+        out.flows.iter().all(|f| f["packets"] == 2),
+        "{:#?}",
+        out.flows
+    );
+}
+
+/// Sends 200 flows of two packets each through an agent with `--max-flows
+/// 16` and `--flow-cache cache`, and checks that every packet is in a flow
+/// or the overflow counters, and that the map-full warning was logged.
+fn overflow_run(name: &str, cache: &str) -> Output {
+    let lab = Lab::new(name);
     let agent = Agent::start(
         &lab.obs,
-        &["--iface", "gb", "--max-flows", "16", "--interval", "60"],
+        &[
+            "--iface",
+            "gb",
+            "--max-flows",
+            "16",
+            "--flow-cache",
+            cache,
+            "--interval",
+            "60",
+        ],
     );
     let sender = Sender::new(lab.gen_ns.name(), "ga");
     let flows = 200u16;
@@ -569,12 +608,10 @@ fn full_map_overflow_is_counted_exactly() {
         out.sum("bytes", |_| true) + out.counter("overflow_bytes"),
         2 * flows as u64 * 40
     );
-    // The map holds exactly 16 flows; each got both of its packets.
-    assert_eq!(out.flows.len(), 16, "{:#?}", out.flows);
-    assert_eq!(in_flows, 32);
     assert!(
         out.log.contains("flow map full"),
         "aya-log warning missing:\n{}",
         out.log
     );
+    out
 }

@@ -1,20 +1,41 @@
-//! The XDP program on hand-built frames through BPF_PROG_TEST_RUN, with the
-//! flow map read back directly: parser and accounting without a network.
+//! The XDP program on hand-built frames through BPF_PROG_TEST_RUN: parser
+//! and accounting without a network. The hash maps are read back directly
+//! (with the flow cache off), the caches through the agent's drain.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use aya::{
+    Ebpf,
     maps::PerCpuHashMap,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use flowagent::capture::loader::{load_object, program};
+use flowagent::{
+    capture::{
+        IfNames,
+        loader::{Sizes, load_object, program},
+    },
+    drain::{Drainer, Maps},
+    flow::FlowRecord,
+};
 use flowagent_common::{FlowKeyV4, FlowKeyV6, FlowStats, names};
 use flowagent_tests::bench::kernel::{frame_v4, frame_v6};
 
-fn run(frame: &[u8], repeat: u32) -> aya::Ebpf {
-    let mut ebpf = load_object(1, 1024).expect("load");
-    let xdp = program::<Xdp>(&mut ebpf, names::PROG_XDP).expect("program");
-    xdp.load().expect("verifier");
+/// The object with maps of 1024 flows and caches of `cache` entries per
+/// CPU (0: none), its XDP program loaded.
+fn loaded(sampling: u32, cache: u32) -> Ebpf {
+    let sizes = Sizes::new(1024, Some(cache)).expect("possible CPUs");
+    let mut ebpf = load_object(sampling, &sizes).expect("load");
+    program::<Xdp>(&mut ebpf, names::PROG_XDP)
+        .expect("program")
+        .load()
+        .expect("verifier");
+    ebpf
+}
+
+/// Runs the XDP program `repeat` times on `frame`, on the CPU this thread
+/// runs on.
+fn test_run(ebpf: &mut Ebpf, frame: &[u8], repeat: u32) {
+    let xdp = program::<Xdp>(ebpf, names::PROG_XDP).expect("program");
     let opts = TestRunOptions {
         data_in: Some(frame),
         repeat,
@@ -22,7 +43,106 @@ fn run(frame: &[u8], repeat: u32) -> aya::Ebpf {
     };
     let result = xdp.test_run(opts).expect("BPF_PROG_TEST_RUN");
     assert_eq!(result.return_value, 2, "XDP_PASS");
+}
+
+/// The hash path alone: no flow cache.
+fn run(frame: &[u8], repeat: u32) -> Ebpf {
+    let mut ebpf = loaded(1, 0);
+    test_run(&mut ebpf, frame, repeat);
     ebpf
+}
+
+/// Moves this thread to `cpu`, so that the next test runs count there.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity get valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// One drain of `ebpf`'s maps and caches by the agent's drainer, records
+/// sorted by source address.
+fn drain(ebpf: &mut Ebpf) -> Vec<FlowRecord> {
+    let maps = Maps::take(ebpf).expect("maps");
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let mut drainer =
+        Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
+    let batch = drainer.drain().expect("drain");
+    let mut records: Vec<FlowRecord> = batch.records.iter().cloned().collect();
+    records.sort_by_key(|r| r.src);
+    records
+}
+
+/// The IPv4 test frame with source address 10.50.0.`host`.
+fn frame_from(host: u8) -> Vec<u8> {
+    let mut frame = frame_v4();
+    frame[14 + 15] = host;
+    // The IPv4 header checksum is not checked on the way into XDP.
+    frame
+}
+
+#[test]
+fn cached_flows_drain_exactly() {
+    let mut ebpf = loaded(1, 1024);
+    test_run(&mut ebpf, &frame_v4(), 1000);
+    test_run(&mut ebpf, &frame_v6(), 700);
+    // The hash maps were not used.
+    for name in [names::FLOWS_V4[0], names::FLOWS_V4[1]] {
+        let map: PerCpuHashMap<_, FlowKeyV4, FlowStats> =
+            PerCpuHashMap::try_from(ebpf.map(name).unwrap()).unwrap();
+        assert_eq!(map.keys().count(), 0, "{name}");
+    }
+    let records = drain(&mut ebpf);
+    let got: Vec<_> = records
+        .iter()
+        .map(|r| (r.src.to_string(), r.packets, r.bytes))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.50.0.1".to_owned(), 1000, 1000 * 46),
+            ("2001:db8:50::1".to_owned(), 700, 700 * 50)
+        ]
+    );
+}
+
+/// With one cache entry per CPU: a flow that finds the entry taken goes to
+/// the hash map, and a flow counted in one CPU's cache and another CPU's
+/// hash map copy still drains as one record with every packet.
+#[test]
+fn flows_that_miss_the_cache_are_merged_into_one_record() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(cpus >= 2, "this test needs 2 CPUs, the machine has {cpus}");
+    let mut ebpf = loaded(1, 1);
+    pin(0);
+    // CPU 0: flow 2 takes the cache entry, flow 1 goes to the hash map.
+    test_run(&mut ebpf, &frame_from(2), 30);
+    test_run(&mut ebpf, &frame_from(1), 100);
+    pin(1);
+    // CPU 1: flow 1 takes this CPU's entry, flow 3 goes to the hash map.
+    test_run(&mut ebpf, &frame_from(1), 11);
+    test_run(&mut ebpf, &frame_from(3), 5);
+    let records = drain(&mut ebpf);
+    let got: Vec<_> = records
+        .iter()
+        .map(|r| (r.src.to_string(), r.packets, r.bytes))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.50.0.1".to_owned(), 111, 111 * 46),
+            ("10.50.0.2".to_owned(), 30, 30 * 46),
+            ("10.50.0.3".to_owned(), 5, 5 * 46),
+        ]
+    );
 }
 
 #[test]
@@ -82,10 +202,9 @@ fn xlated(id: u32) -> String {
 #[test]
 fn hot_path_lookups_and_helpers_are_inlined() {
     for sampling in [1, 100] {
-        let mut ebpf = load_object(sampling, 1024).expect("load");
+        let mut ebpf = loaded(sampling, 1024);
         let mut ids = Vec::new();
         let xdp = program::<Xdp>(&mut ebpf, names::PROG_XDP).expect("program");
-        xdp.load().expect("verifier");
         ids.push((names::PROG_XDP, xdp.info().unwrap().id()));
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let tc = program::<SchedClassifier>(&mut ebpf, name).expect("program");

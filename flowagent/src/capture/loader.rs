@@ -1,12 +1,13 @@
-//! Loads the eBPF object with this run's settings: the sampling threshold in
-//! every CPU's sampler (and the read-only global CPUs beyond them use), the
-//! flow maps' size; then verifies the programs the mode needs.
+//! Loads the eBPF object with this run's settings: the sampling threshold
+//! and cache layout in every CPU's line (and the read-only global CPUs
+//! beyond them use), the flow maps' and caches' sizes; then verifies the
+//! programs the mode needs.
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use flowagent_common::{SAMPLER_CPUS, Sampler, names};
+use flowagent_common::{SAMPLER_CPUS, SLOTS, Sampler, names};
 
 use super::Error;
 use crate::config::{Config, Mode};
@@ -25,12 +26,89 @@ pub fn sample_threshold(rate: u32) -> u32 {
     }
 }
 
-/// Loads the object for 1-in-`sampling` sampling and flow maps of
-/// `max_flows` entries: maps created, and the clock program the drain runs
-/// loaded; the flow programs are left to the caller.
-pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
-    let globals = Globals::new(sampling);
-    let mut ebpf = configure(&globals, max_flows)
+/// Largest flow cache per CPU: 16M entries (2 GiB per CPU for both
+/// families and slots).
+pub const MAX_CACHE_ENTRIES: u32 = 1 << 24;
+
+/// Most kernel memory the flow caches take by default (see
+/// [`Sizes::default_cache`]).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// How large the flow maps and caches are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Entries of each flow hash map (`--max-flows`).
+    pub max_flows: u32,
+    /// log2 of each CPU's cache entries per family and slot; None: no cache.
+    pub cache_bits: Option<u32>,
+    /// Possible CPUs, which the cache arrays are laid out for.
+    pub cpus: u32,
+}
+
+impl Sizes {
+    /// Maps of `max_flows` entries and caches of `cache` entries per CPU
+    /// (rounded up to a power of two; 0 turns the cache off; None picks
+    /// the default, [`Sizes::default_cache`]), on this machine's CPUs.
+    pub fn new(max_flows: u32, cache: Option<u32>) -> Result<Self, Error> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, source)| Error::Cpus(format!("{what}: {source}")))?
+            as u32;
+        Ok(Self::for_cpus(max_flows, cache, cpus))
+    }
+
+    /// As [`Sizes::new`], for `cpus` possible CPUs.
+    pub fn for_cpus(max_flows: u32, cache: Option<u32>, cpus: u32) -> Self {
+        let cpus = cpus.max(1);
+        let entries = cache
+            .unwrap_or_else(|| Self::default_cache(max_flows, cpus))
+            .min(MAX_CACHE_ENTRIES);
+        let mut bits = (entries > 0).then(|| entries.next_power_of_two().trailing_zeros());
+        // Array indexes are u32: keep every CPU's caches of both slots
+        // below 2^31 entries (only reachable with hundreds of CPUs).
+        while let Some(b) = bits
+            && (u64::from(SLOTS) * u64::from(cpus)) << b > 1 << 31
+        {
+            bits = b.checked_sub(1);
+        }
+        Sizes {
+            max_flows,
+            cache_bits: bits,
+            cpus,
+        }
+    }
+
+    /// The default cache per CPU: room for twice a CPU's share of
+    /// `max_flows` (receive-side scaling spreads flows over CPUs, and a
+    /// direct-mapped table half full sends about a fifth of its flows to
+    /// the hash map), at least 1024 entries, and at most 64 MiB for all
+    /// caches together (512 B per entry and CPU: 128 B entries, two
+    /// families, two slots). More flows than that go to the hash maps,
+    /// unless `--flow-cache` asks for a larger cache.
+    pub fn default_cache(max_flows: u32, cpus: u32) -> u32 {
+        let cpus = u64::from(cpus.max(1));
+        let share = 2 * u64::from(max_flows) / cpus;
+        let budget = (DEFAULT_CACHE_BYTES / 512 / cpus).max(1024);
+        share.clamp(1024, budget).next_power_of_two() as u32
+    }
+
+    /// Entries per CPU of each cache (0 without one).
+    pub fn cache_entries(&self) -> u32 {
+        self.cache_bits.map_or(0, |b| 1 << b)
+    }
+
+    /// Entries of each cache array: every CPU's cache for both slots (1,
+    /// never read, without a cache: a map cannot have 0 entries).
+    pub fn cache_array_entries(&self) -> u32 {
+        (SLOTS * self.cpus * self.cache_entries()).max(1)
+    }
+}
+
+/// Loads the object for 1-in-`sampling` sampling and maps of `sizes`: maps
+/// created, and the clock program the drain runs loaded; the flow programs
+/// are left to the caller.
+pub fn load_object(sampling: u32, sizes: &Sizes) -> Result<Ebpf, Error> {
+    let globals = Globals::new(sampling, sizes);
+    let mut ebpf = configure(&globals, sizes)
         .load(EBPF_OBJECT)
         .map_err(Error::Load)?;
     program::<Xdp>(&mut ebpf, names::PROG_CLOCK)?
@@ -42,38 +120,58 @@ pub fn load_object(sampling: u32, max_flows: u32) -> Result<Ebpf, Error> {
     Ok(ebpf)
 }
 
-/// The values the loader writes into the object's globals for one sampling
-/// rate: every CPU's sampler and the threshold of CPUs beyond them.
+/// The values the loader writes into the object's globals: every CPU's
+/// line (sampling threshold, cache layout) and the threshold of CPUs beyond
+/// them.
 pub struct Globals {
     samplers: Box<[Sampler; SAMPLER_CPUS]>,
     threshold: u32,
 }
 
 impl Globals {
-    /// The globals for 1-in-`sampling` sampling.
-    pub fn new(sampling: u32) -> Self {
+    /// The globals for 1-in-`sampling` sampling and caches of `sizes`.
+    pub fn new(sampling: u32, sizes: &Sizes) -> Self {
         let threshold = sample_threshold(sampling);
+        let mut samplers = Box::new([Sampler::new(threshold); SAMPLER_CPUS]);
+        for (cpu, sampler) in samplers.iter_mut().enumerate() {
+            *sampler = match sizes.cache_bits {
+                Some(bits) if (cpu as u32) < sizes.cpus => {
+                    Sampler::with_cache(threshold, cpu as u32, sizes.cpus, bits)
+                }
+                // No cache: a base past any array's end makes the
+                // programs' cache lookup fail its bounds check, so every
+                // flow goes to the hash maps.
+                _ => Sampler {
+                    cache_base: [u32::MAX / 2; 2],
+                    ..Sampler::new(threshold)
+                },
+            };
+        }
         Globals {
-            samplers: Box::new([Sampler::new(threshold); SAMPLER_CPUS]),
+            samplers,
             threshold,
         }
     }
 }
 
-/// A loader with these globals and flow maps of `max_flows` entries.
-pub fn configure(globals: &Globals, max_flows: u32) -> EbpfLoader<'_> {
+/// A loader with these globals and maps of `sizes`.
+pub fn configure<'a>(globals: &'a Globals, sizes: &Sizes) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader.override_global(names::SAMPLERS, &*globals.samplers, true);
     loader.override_global(names::SAMPLE_THRESHOLD, &globals.threshold, true);
     for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
-        loader.map_max_entries(name, max_flows);
+        loader.map_max_entries(name, sizes.max_flows);
+    }
+    for name in [names::CACHE_V4, names::CACHE_V6] {
+        loader.map_max_entries(name, sizes.cache_array_entries());
     }
     loader
 }
 
 /// Loads the object and the programs `config.mode` uses.
 pub fn load(config: &Config) -> Result<Ebpf, Error> {
-    let mut ebpf = load_object(config.sampling, config.max_flows)?;
+    let sizes = Sizes::new(config.max_flows, config.flow_cache)?;
+    let mut ebpf = load_object(config.sampling, &sizes)?;
     if config.mode == Mode::Tc {
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             program::<SchedClassifier>(&mut ebpf, name)?
@@ -103,7 +201,34 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::sample_threshold;
+    use super::{Sizes, sample_threshold};
+
+    #[test]
+    fn cache_sizes() {
+        // Default: twice a CPU's share, a power of two, at least 1024, at
+        // most 64 MiB in all.
+        assert_eq!(Sizes::default_cache(65_536, 2), 65_536);
+        assert_eq!(Sizes::default_cache(65_536, 16), 8192);
+        assert_eq!(Sizes::default_cache(100_000, 4), 32_768);
+        assert_eq!(Sizes::default_cache(100, 2), 1024);
+        assert_eq!(Sizes::default_cache(1 << 20, 1), 1 << 17);
+        assert_eq!(Sizes::default_cache(1 << 20, 2), 1 << 16);
+        assert_eq!(Sizes::default_cache(1 << 20, 1024), 1024);
+        let s = Sizes::for_cpus(65_536, None, 2);
+        assert_eq!((s.cache_bits, s.cache_entries()), (Some(16), 65_536));
+        assert_eq!(s.cache_array_entries(), 2 * 2 * 65_536);
+        let s = Sizes::for_cpus(1024, Some(1000), 3);
+        assert_eq!(
+            (s.cache_entries(), s.cache_array_entries()),
+            (1024, 2 * 3 * 1024)
+        );
+        let off = Sizes::for_cpus(1024, Some(0), 2);
+        assert_eq!((off.cache_bits, off.cache_array_entries()), (None, 1));
+        assert_eq!(
+            Sizes::for_cpus(8, Some(u32::MAX), 1).cache_entries(),
+            1 << 24
+        );
+    }
 
     #[test]
     fn thresholds() {

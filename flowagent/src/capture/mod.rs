@@ -46,6 +46,9 @@ pub enum Error {
     /// The object could not be loaded (map creation, relocation, BTF).
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The possible CPUs could not be read.
+    #[error("cannot read the possible CPUs: {0}")]
+    Cpus(String),
     /// A program is missing from the object (a build problem).
     #[error("program {0} is missing from the eBPF object")]
     Missing(&'static str),

@@ -246,7 +246,7 @@ mod with_exporter {
             start: convert::time_from_ns(first),
             end: convert::time_from_ns(first + 1),
             records: (first..first + n).map(full_record).collect(),
-            counters: Counters([1, 2, 3, 4, 5, 6, 0, 0]),
+            counters: Counters([1, 2, 3, 4, 5, 6, 0, 0, 0, 0]),
             dropped_records: 0,
             sampling_rate: 1,
         }

@@ -23,7 +23,11 @@ use std::{
 
 use flowagent_common::{DIRECTION_EGRESS, FlowKeyV4, FlowKeyV6, FlowStats};
 
-use super::{clock::Snapshot, sys};
+use super::{
+    cache::{Cache, Entry},
+    clock::Snapshot,
+    sys,
+};
 use crate::flow::{FlowDirection, FlowRecord, IfName, merge_per_cpu};
 
 /// What every drain thread needs to turn entries into records.
@@ -54,6 +58,10 @@ pub(super) struct Lane {
 /// drain; each range costs about one extra batch call.
 const RANGES_PER_THREAD: usize = 8;
 
+/// Cache indexes per range a scanning thread takes: 16k entries per CPU
+/// (2 MiB each), large enough that taking ranges costs nothing measurable.
+const SCAN_RANGE: u32 = 16 * 1024;
+
 /// Range `i` of `ranges` on a table of `buckets` buckets; the last range is
 /// open-ended so no bucket is missed whatever the kernel rounded the table
 /// to.
@@ -66,26 +74,28 @@ fn range(i: usize, ranges: usize, buckets: u32) -> Range<u32> {
 impl Builder<'_> {
     /// Reads and deletes every entry of `map` (whose kernel table has
     /// `buckets` buckets), one thread per lane, each appending the records
-    /// of the bucket ranges it walked to its lane's part. Returns the
-    /// entries walked.
+    /// of the bucket ranges it walked to its lane's part. An entry whose
+    /// flow `cache` holds in `slot` is folded into the cache entry instead
+    /// (see [`Cache::absorb`]), when `cache` is given. Returns the entries
+    /// walked.
     ///
-    /// Must only be called on a map no program writes any more.
-    pub fn drain_map<K: aya::Pod>(
+    /// Must only be called on a map and a cache slot no program writes any
+    /// more, and before that slot's scan.
+    pub fn drain_map<E: Entry>(
         &self,
         map: BorrowedFd<'_>,
         buckets: u32,
+        cache: Option<(&Cache<E>, u32)>,
         lanes: &mut [Lane],
     ) -> io::Result<usize>
     where
-        for<'k> KeyParts: From<&'k K>,
+        E::Key: aya::Pod,
+        for<'k> KeyParts: From<&'k E::Key>,
     {
-        let Some((first, rest)) = lanes.split_first_mut() else {
-            return Ok(0);
-        };
-        let ranges = if rest.is_empty() {
+        let ranges = if lanes.len() <= 1 {
             1
         } else {
-            (rest.len() + 1) * RANGES_PER_THREAD
+            lanes.len() * RANGES_PER_THREAD
         };
         let next = AtomicUsize::new(0);
         // Takes ranges until none is left (or a walk fails).
@@ -96,66 +106,86 @@ impl Builder<'_> {
                 if i >= ranges {
                     return Ok(walked);
                 }
-                walked += self.walk::<K>(map, range(i, ranges, buckets), lane)?;
+                walked += self.walk::<E>(map, range(i, ranges, buckets), cache, lane)?;
             }
         };
-        std::thread::scope(|s| {
-            // A thread that cannot be started (resource limits) is no loss:
-            // the others take its ranges.
-            let spawned: Vec<_> = rest
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, lane)| {
-                    std::thread::Builder::new()
-                        .name(format!("drain-{}", i + 1))
-                        .spawn_scoped(s, || worker(lane))
-                        .ok()
-                })
-                .collect();
-            let mut walked = vec![worker(first)];
-            for handle in spawned {
-                walked.push(
-                    handle
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                );
+        Ok(on_lanes(lanes, worker)?.into_iter().sum())
+    }
+
+    /// Turns every flow in `slot` of `cache` into a record, one thread per
+    /// lane, and empties it. Returns the entries read.
+    ///
+    /// Must only be called on a slot no program writes any more.
+    pub fn scan_cache<E: Entry>(&self, cache: &Cache<E>, slot: u32, lanes: &mut [Lane]) -> usize
+    where
+        for<'k> KeyParts: From<&'k E::Key>,
+    {
+        let entries = cache.entries();
+        let next = AtomicUsize::new(0);
+        let worker = |lane: &mut Lane| -> io::Result<usize> {
+            let mut read = 0;
+            loop {
+                let start = next.fetch_add(1, Ordering::Relaxed) as u64 * u64::from(SCAN_RANGE);
+                if start >= u64::from(entries) {
+                    return Ok(read);
+                }
+                let start = start as u32;
+                let end = start.saturating_add(SCAN_RANGE).min(entries);
+                // SAFETY: the caller's slot is quiescent, and each range is
+                // taken by one thread only.
+                read += unsafe {
+                    cache.scan(slot, start..end, |key, stats| {
+                        lane.part.push(self.record(KeyParts::from(key), stats));
+                    })
+                };
             }
-            walked.into_iter().sum()
-        })
+        };
+        // A scan has no syscall to fail: the workers only return Ok.
+        on_lanes(lanes, worker).map_or(0, |read| read.into_iter().sum())
     }
 
     /// One thread's walk of `buckets`, appending a record per flow to the
-    /// lane's part.
-    fn walk<K: aya::Pod>(
+    /// lane's part (or folding it into `cache`).
+    fn walk<E: Entry>(
         &self,
         map: BorrowedFd<'_>,
         buckets: Range<u32>,
+        cache: Option<(&Cache<E>, u32)>,
         lane: &mut Lane,
     ) -> io::Result<usize>
     where
-        for<'k> KeyParts: From<&'k K>,
+        E::Key: aya::Pod,
+        for<'k> KeyParts: From<&'k E::Key>,
     {
         let stride = std::mem::size_of::<FlowStats>().next_multiple_of(8);
         let mut per_cpu = Vec::with_capacity(self.cpus);
         sys::walk(
             map,
             sys::Walk::LookupAndDelete,
-            std::mem::size_of::<K>(),
+            std::mem::size_of::<E::Key>(),
             stride * self.cpus,
             buckets,
             &mut lane.buffers,
             |k, v| {
-                // SAFETY: the key is size_of::<K>() bytes of a Pod type.
-                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const K) };
+                // SAFETY: the key is size_of::<E::Key>() bytes of a Pod type.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const E::Key) };
                 per_cpu.clear();
                 per_cpu.extend(v.chunks_exact(stride).take(self.cpus).map(|c| {
                     // SAFETY: each chunk is `stride` >= size_of::<FlowStats>()
                     // bytes; FlowStats is Pod, so any bytes are a valid value.
                     unsafe { std::ptr::read_unaligned(c.as_ptr() as *const FlowStats) }
                 }));
-                if let Some(stats) = merge_per_cpu(&per_cpu) {
-                    lane.part.push(self.record(KeyParts::from(&key), &stats));
+                let Some(stats) = merge_per_cpu(&per_cpu) else {
+                    return;
+                };
+                if let Some((cache, slot)) = cache
+                    // SAFETY: the slot is quiescent (the caller's contract),
+                    // and this entry's key is in no other entry of the walk.
+                    && unsafe { cache.absorb(slot, &key, &stats) }
+                {
+                    return;
                 }
+                lane.part.push(self.record(KeyParts::from(&key), &stats));
             },
         )
     }
@@ -193,6 +223,41 @@ impl Builder<'_> {
             enrichment: Default::default(),
         }
     }
+}
+
+/// Runs `worker` on every lane, the first on this thread and the others on
+/// threads of their own, and returns what each returned.
+fn on_lanes<T: Send>(
+    lanes: &mut [Lane],
+    worker: impl Fn(&mut Lane) -> io::Result<T> + Sync,
+) -> io::Result<Vec<T>> {
+    let Some((first, rest)) = lanes.split_first_mut() else {
+        return Ok(Vec::new());
+    };
+    std::thread::scope(|s| {
+        // A thread that cannot be started (resource limits) is no loss:
+        // the others take its share.
+        let spawned: Vec<_> = rest
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, lane)| {
+                let worker = &worker;
+                std::thread::Builder::new()
+                    .name(format!("drain-{}", i + 1))
+                    .spawn_scoped(s, move || worker(lane))
+                    .ok()
+            })
+            .collect();
+        let mut out = vec![worker(first)?];
+        for handle in spawned {
+            out.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))?,
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// Interface names by index for one drain: a sorted list, because a host

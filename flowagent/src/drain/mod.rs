@@ -23,13 +23,14 @@
 //! two-thread walk alone is ~230 ms and the RCU barrier ~8 ms.
 
 mod build;
+pub mod cache;
 pub mod clock;
 pub mod records;
 pub mod sys;
 
 use std::{
     num::NonZeroUsize,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     time::{Duration, SystemTime},
 };
 
@@ -37,13 +38,18 @@ use aya::{
     Ebpf,
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
 };
-use flowagent_common::{Counter, FlowKeyV4, FlowKeyV6, SLOTS, names};
+use flowagent_common::{CachedV4, CachedV6, Counter, SLOTS, names};
 use log::{debug, warn};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::records::Records;
-use self::{build::Builder, clock::KernelClock, records::Pool};
+use self::{
+    build::Builder,
+    cache::{Cache, Entry},
+    clock::KernelClock,
+    records::Pool,
+};
 use crate::capture::IfNames;
 
 /// Drain errors.
@@ -101,10 +107,8 @@ pub struct Batch {
 
 /// The maps the drain owns, taken out of the loaded object.
 pub struct Maps {
-    v4: [MapData; 2],
-    v6: [MapData; 2],
-    /// Hash buckets of the IPv4 and IPv6 maps (the same in both slots).
-    buckets: [u32; 2],
+    v4: Family<CachedV4>,
+    v6: Family<CachedV6>,
     counters: PerCpuArray<MapData, u64>,
     control: Array<MapData, u32>,
     /// A second fd of `CONTROL`, the template of the barrier map.
@@ -117,6 +121,33 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
     ebpf.take_map(name).ok_or(Error::Map {
         name,
         reason: "missing from the eBPF object".into(),
+    })
+}
+
+/// Maps the cache array `name`, laid out for `cpus` CPUs.
+fn cache<E: Entry>(ebpf: &mut Ebpf, name: &'static str, cpus: u32) -> Result<Cache<E>, Error> {
+    match take(ebpf, name)? {
+        Map::Array(data) => Cache::map(&data, cpus).map_err(|source| Error::Syscall {
+            what: "mapping a flow cache into memory",
+            source,
+        }),
+        other => Err(Error::Map {
+            name,
+            reason: format!("expected an array, found {other:?}"),
+        }),
+    }
+}
+
+/// Possible CPUs: what per-CPU maps hold a value for, and what the caches
+/// are laid out for.
+fn possible_cpus() -> Result<usize, Error> {
+    aya::util::nr_cpus().map_err(|(what, source)| Error::Syscall {
+        what: if what.is_empty() {
+            "possible CPUs"
+        } else {
+            what
+        },
+        source,
     })
 }
 
@@ -182,22 +213,23 @@ impl Maps {
             })?;
         let clock_map =
             Array::try_from(take(ebpf, names::CLOCK)?).map_err(map_err(names::CLOCK))?;
-        let v4 = [
-            per_cpu_hash(ebpf, names::FLOWS_V4[0])?,
-            per_cpu_hash(ebpf, names::FLOWS_V4[1])?,
-        ];
-        let v6 = [
-            per_cpu_hash(ebpf, names::FLOWS_V6[0])?,
-            per_cpu_hash(ebpf, names::FLOWS_V6[1])?,
-        ];
+        let cpus = possible_cpus()? as u32;
         Ok(Self {
+            v4: Family::take(
+                ebpf,
+                names::FLOWS_V4,
+                names::CACHE_V4,
+                cpus,
+                "draining the IPv4 flow map",
+            )?,
+            v6: Family::take(
+                ebpf,
+                names::FLOWS_V6,
+                names::CACHE_V6,
+                cpus,
+                "draining the IPv6 flow map",
+            )?,
             clock: KernelClock::new(clock_prog, clock_map)?,
-            buckets: [
-                buckets(&v4[0], names::FLOWS_V4[0])?,
-                buckets(&v6[0], names::FLOWS_V6[0])?,
-            ],
-            v4,
-            v6,
             counters: PerCpuArray::try_from(take(ebpf, names::COUNTERS)?)
                 .map_err(map_err(names::COUNTERS))?,
             control: Array::try_from(control).map_err(map_err(names::CONTROL))?,
@@ -223,33 +255,88 @@ fn threads_for(threads: usize, entries: usize) -> usize {
     (entries / MIN_ENTRIES_PER_THREAD).clamp(1, threads)
 }
 
-/// Walks one family's map of the drained slot with as many of `lanes` as
-/// `created` entries call for, and returns the entries read. Skipped when
-/// the programs created no entry and the last walk of the family
-/// succeeded; `unclean` stays set while a walk has not completed, so a map
-/// that may still hold entries is walked whatever the counter says.
-fn walk_family<K: aya::Pod>(
-    builder: &Builder<'_>,
-    map: BorrowedFd<'_>,
+/// What the programs created in one family's map and caches of a slot, and
+/// what the drain found there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Entries {
+    /// Hash-map entries.
+    hashed: usize,
+    /// Cache entries (one per flow and CPU).
+    cached: usize,
+}
+
+/// One address family's hash maps and caches.
+struct Family<E> {
+    /// The hash map of each slot.
+    maps: [MapData; 2],
+    /// Hash buckets of the maps (the same in both slots).
     buckets: u32,
-    lanes: &mut [build::Lane],
-    created: usize,
-    unclean: &mut bool,
+    /// Every CPU's cache, both slots.
+    cache: Cache<E>,
+    /// A walk of one of the maps failed, so the map may hold entries its
+    /// created-entries counter no longer knows of, and the next drain walks
+    /// it whatever the counter says.
+    unclean: bool,
+    /// What a failed walk was doing, for its error.
     what: &'static str,
-) -> Result<usize, Error>
-where
-    for<'k> build::KeyParts: From<&'k K>,
-{
-    if created == 0 && !*unclean {
-        return Ok(0);
+}
+
+impl<E: Entry> Family<E> {
+    fn take(
+        ebpf: &mut Ebpf,
+        names: [&'static str; 2],
+        cache_name: &'static str,
+        cpus: u32,
+        what: &'static str,
+    ) -> Result<Self, Error> {
+        let maps = [per_cpu_hash(ebpf, names[0])?, per_cpu_hash(ebpf, names[1])?];
+        Ok(Self {
+            buckets: buckets(&maps[0], names[0])?,
+            maps,
+            cache: cache(ebpf, cache_name, cpus)?,
+            unclean: false,
+            what,
+        })
     }
-    *unclean = true;
-    let threads = threads_for(lanes.len(), created);
-    let n = builder
-        .drain_map::<K>(map, buckets, &mut lanes[..threads])
-        .map_err(|source| Error::Syscall { what, source })?;
-    *unclean = false;
-    Ok(n)
+
+    /// Drains this family's part of `slot`: its hash map first, folding
+    /// entries of flows a cache also holds into the cache, then its caches.
+    /// Each is skipped when the programs created nothing in it (and, for
+    /// the map, the last walk succeeded). Returns the entries found.
+    fn drain(
+        &mut self,
+        builder: &Builder<'_>,
+        slot: u32,
+        lanes: &mut [build::Lane],
+        created: Entries,
+    ) -> Result<Entries, Error>
+    where
+        E::Key: aya::Pod,
+        for<'k> build::KeyParts: From<&'k E::Key>,
+    {
+        let mut found = Entries::default();
+        if created.hashed > 0 || self.unclean {
+            self.unclean = true;
+            let threads = threads_for(lanes.len(), created.hashed);
+            let with_cache = (created.cached > 0).then_some((&self.cache, slot));
+            let map = self.maps[slot as usize].fd().as_fd();
+            found.hashed = builder
+                .drain_map(map, self.buckets, with_cache, &mut lanes[..threads])
+                .map_err(|source| Error::Syscall {
+                    what: self.what,
+                    source,
+                })?;
+            self.unclean = false;
+        }
+        if created.cached > 0 {
+            // The scan reads every CPU's entries of an index, full or not:
+            // its size is the cache's, not the flows'.
+            let entries = self.cache.entries() as usize * lanes.len().max(1);
+            let threads = threads_for(lanes.len(), entries);
+            found.cached = builder.scan_cache(&self.cache, slot, &mut lanes[..threads]);
+        }
+        Ok(found)
+    }
 }
 
 /// Drains the maps every interval and sends the batches on.
@@ -265,10 +352,6 @@ pub struct Drainer {
     pool: Pool,
     /// One per thread; their parts are empty between drains.
     lanes: Vec<build::Lane>,
-    /// Per family (IPv4, IPv6): a walk of its maps failed, so a map may hold
-    /// entries its created-entries counter no longer knows of, and the next
-    /// drain walks it whatever the counter says.
-    unclean: [bool; 2],
     names: IfNames,
     sampling_rate: u32,
     interval: Duration,
@@ -291,14 +374,7 @@ impl Drainer {
                 what: "creating the drain barrier map",
                 source,
             })?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Syscall {
-            what: if what.is_empty() {
-                "possible CPUs"
-            } else {
-                what
-            },
-            source,
-        })?;
+        let cpus = possible_cpus()?;
         // One walking thread per CPU this process may run on.
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
@@ -311,7 +387,6 @@ impl Drainer {
             threads,
             pool: Pool::new(threads),
             lanes: (0..threads).map(|_| build::Lane::default()).collect(),
-            unclean: [false; 2],
             names,
             sampling_rate,
             interval,
@@ -410,38 +485,33 @@ impl Drainer {
         // them, and skipped for a map that is empty (walking an empty 1M-
         // bucket map still locks every bucket: ~16 ms).
         let counters = self.take_counters(old)?;
-        let [b4, b6] = self.maps.buckets;
+        let created = |hashed, cached| Entries {
+            hashed: counters.get(hashed) as usize,
+            cached: counters.get(cached) as usize,
+        };
         let created = [
-            counters.get(Counter::FlowsV4) as usize,
-            counters.get(Counter::FlowsV6) as usize,
+            created(Counter::FlowsV4, Counter::CachedV4),
+            created(Counter::FlowsV6, Counter::CachedV6),
         ];
-        let n4 = walk_family::<FlowKeyV4>(
-            &builder,
-            self.maps.v4[old as usize].fd().as_fd(),
-            b4,
-            &mut self.lanes,
-            created[0],
-            &mut self.unclean[0],
-            "draining the IPv4 flow map",
-        )?;
-        let n6 = walk_family::<FlowKeyV6>(
-            &builder,
-            self.maps.v6[old as usize].fd().as_fd(),
-            b6,
-            &mut self.lanes,
-            created[1],
-            &mut self.unclean[1],
-            "draining the IPv6 flow map",
-        )?;
+        let n4 = self
+            .maps
+            .v4
+            .drain(&builder, old, &mut self.lanes, created[0])?;
+        let n6 = self
+            .maps
+            .v6
+            .drain(&builder, old, &mut self.lanes, created[1])?;
         if [n4, n6] != created {
             // Only after a failed walk (the map kept entries the counter no
             // longer counts) or a bug: say so, the records are right anyway.
-            warn!("drained {n4} IPv4 + {n6} IPv6 entries where the programs created {created:?}");
+            warn!(
+                "drained {n4:?} IPv4 + {n6:?} IPv6 entries where the programs created {created:?}"
+            );
         }
         let parts = self.lanes.iter_mut().map(|l| std::mem::take(&mut l.part));
         let records = Records::pooled(parts.collect(), self.pool.clone());
         debug!(
-            "drained slot {old}: {n4} IPv4 + {n6} IPv6 entries in {:?} (barrier {barrier:?})",
+            "drained slot {old}: {n4:?} IPv4 + {n6:?} IPv6 entries in {:?} (barrier {barrier:?})",
             started.elapsed()
         );
         self.names.expire(self.interval * 2);

@@ -317,7 +317,7 @@ mod tests {
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
             records: Default::default(),
-            counters: Counters([1, 60, 2, 40, 3, 300, 0, 0]),
+            counters: Counters([1, 60, 2, 40, 3, 300, 0, 0, 0, 0]),
             dropped_records: 0,
             sampling_rate: 10,
         };

@@ -22,7 +22,7 @@ use aya::{
 use flowagent::{
     capture::{
         IfNames,
-        loader::{load_object, program},
+        loader::{Sizes, load_object, program},
     },
     drain::{
         Drainer, Maps,
@@ -41,9 +41,11 @@ const SECTION: &str = "drain";
 /// Offset of the IPv4 source address in the frame.
 const SRC_AT: usize = 14 + 12;
 
-/// A loaded object whose maps have room for `n` flows, its XDP program loaded.
-fn loaded(n: u32) -> Ebpf {
-    let mut ebpf = load_object(1, n.next_power_of_two()).expect("load");
+/// A loaded object whose maps have room for `n` flows, with caches of
+/// `cache` entries per CPU, its XDP program loaded.
+fn loaded(n: u32, cache: u32) -> Ebpf {
+    let sizes = Sizes::new(n.next_power_of_two(), Some(cache)).expect("possible CPUs");
+    let mut ebpf = load_object(1, &sizes).expect("load");
     let xdp = program::<Xdp>(&mut ebpf, names::PROG_XDP).expect("program");
     xdp.load().expect("verifier");
     ebpf
@@ -63,9 +65,10 @@ fn fill(ebpf: &mut Ebpf, n: u32) {
     }
 }
 
-/// A loaded object whose slot-0 IPv4 map holds `n` flows.
-fn filled(n: u32) -> Ebpf {
-    let mut ebpf = loaded(n);
+/// A loaded object whose slot-0 IPv4 map and caches (of `cache` entries
+/// per CPU; 0: none) hold `n` flows.
+fn filled(n: u32, cache: u32) -> Ebpf {
+    let mut ebpf = loaded(n, cache);
     fill(&mut ebpf, n);
     ebpf
 }
@@ -78,8 +81,8 @@ struct Timed {
 
 /// The agent's drain of `n` flows on `threads` walking threads (None: the
 /// agent's default), twice on the same drainer: (first, second).
-fn agent_drains(n: u32, threads: Option<usize>) -> (Timed, Timed) {
-    let mut ebpf = filled(n);
+fn agent_drains(n: u32, threads: Option<usize>, cache: u32) -> (Timed, Timed) {
+    let mut ebpf = filled(n, cache);
     let maps = Maps::take(&mut ebpf).expect("maps");
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     // Named, as the agent's interfaces are: BPF_PROG_TEST_RUN runs XDP on
@@ -124,7 +127,7 @@ fn agent_drains(n: u32, threads: Option<usize>) -> (Timed, Timed) {
 
 /// Key by key: collect the keys, then look up and delete each.
 fn baseline_drain(n: u32) -> (f64, usize) {
-    let mut ebpf = filled(n);
+    let mut ebpf = filled(n, 0);
     let map = ebpf.take_map(names::FLOWS_V4[0]).expect("map");
     let mut map: PerCpuHashMap<_, FlowKeyV4, FlowStats> =
         PerCpuHashMap::try_from(map).expect("per-CPU hash");
@@ -158,7 +161,7 @@ enum Floor {
 }
 
 fn kernel_floor(n: u32, what: &Floor) -> Vec<f64> {
-    let ebpf = filled(n);
+    let ebpf = filled(n, 0);
     let map = ebpf.map(names::FLOWS_V4[0]).expect("map");
     let aya::maps::Map::PerCpuHashMap(data) = map else {
         panic!("FLOWS_V4 is not a per-CPU hash");
@@ -229,7 +232,7 @@ fn kernel_floor(n: u32, what: &Floor) -> Vec<f64> {
 /// The kernel's share on `n` flows, without building records.
 fn floor_figures(n: u32, reps: usize) -> Vec<Figure> {
     let conditions = format!(
-        "{n} IPv4 flows, 2 possible CPUs, map of {} entries, raw bpf(2) batch calls, no records built",
+        "{n} IPv4 flows, 2 possible CPUs, map of {} entries, no flow cache, raw bpf(2) batch calls, no records built",
         n.next_power_of_two()
     );
     let mut figures = Vec::new();
@@ -324,22 +327,23 @@ pub fn run(quick: bool) -> Vec<Figure> {
         .min(flowagent::drain::MAX_THREADS);
     let mut figures = Vec::new();
     for &n in sizes {
-        let (mut steady, mut fresh, mut one_steady, mut one_fresh) = Default::default();
+        let (mut steady, mut fresh, mut one_steady, mut hashed) = Default::default();
         let mut base_rates = Vec::new();
+        let cache = n.next_power_of_two();
         for _ in 0..reps {
-            let (first, second) = agent_drains(n, None);
+            let (first, second) = agent_drains(n, None, cache);
             Samples::push(&mut fresh, n, &first);
             Samples::push(&mut steady, n, &second);
-            let (first, second) = agent_drains(n, Some(1));
-            Samples::push(&mut one_fresh, n, &first);
+            let (_, second) = agent_drains(n, Some(1), cache);
             Samples::push(&mut one_steady, n, &second);
+            let (_, second) = agent_drains(n, None, 0);
+            Samples::push(&mut hashed, n, &second);
             let (bwall, bkeys) = baseline_drain(n);
             assert_eq!(bkeys, n as usize);
             base_rates.push(n as f64 / bwall / 1e6);
         }
         let conditions = format!(
-            "{n} IPv4 flows, 2 possible CPUs, map of {} entries, {threads} walking thread(s) (one per available CPU), record buffers of the previous (dropped) batch reused",
-            n.next_power_of_two()
+            "{n} IPv4 flows from one CPU, 2 possible CPUs, map of {cache} entries, flow cache of {cache} entries per CPU (--flow-cache), {threads} walking thread(s) (one per available CPU), record buffers of the previous (dropped) batch reused",
         );
         let Samples { rates, walls, cpus } = steady;
         let rate = median(&rates);
@@ -387,12 +391,16 @@ pub fn run(quick: bool) -> Vec<Figure> {
                 one_steady,
                 "1 walking thread, record buffers reused".to_owned(),
             ),
-            (one_fresh, "1 walking thread, first drain".to_owned()),
+            (
+                hashed,
+                format!(
+                    "no flow cache (hash maps only), {threads} walking thread(s), record buffers reused"
+                ),
+            ),
         ];
         for (samples, how) in variants {
             let conditions = format!(
-                "{n} IPv4 flows, 2 possible CPUs, map of {} entries, {how}",
-                n.next_power_of_two()
+                "{n} IPv4 flows from one CPU, 2 possible CPUs, map of {cache} entries, {how}"
             );
             figures.push(Figure {
                 section: SECTION,

@@ -22,7 +22,7 @@ use aya::{
         ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
     },
 };
-use flowagent::capture::loader::{Globals, configure, load_object, program};
+use flowagent::capture::loader::{Globals, Sizes, configure, load_object, program};
 use flowagent_common::names;
 
 use super::report::{Figure, median};
@@ -75,11 +75,12 @@ pub fn frame_v6() -> Vec<u8> {
 /// The agent's eBPF object with its load-time settings, or the object named
 /// by `FLOWAGENT_BENCH_OBJECT` with the same settings (A/B runs only).
 pub fn load(sampling: u32, max_flows: u32) -> Ebpf {
+    let sizes = Sizes::new(max_flows, None).expect("possible CPUs");
     let Some(path) = std::env::var_os("FLOWAGENT_BENCH_OBJECT") else {
-        return load_object(sampling, max_flows).expect("load the eBPF object");
+        return load_object(sampling, &sizes).expect("load the eBPF object");
     };
-    let globals = Globals::new(sampling);
-    configure(&globals, max_flows)
+    let globals = Globals::new(sampling, &sizes);
+    configure(&globals, &sizes)
         .load_file(&path)
         .unwrap_or_else(|e| panic!("load {}: {e}", path.to_string_lossy()))
 }

@@ -471,7 +471,7 @@ pub(crate) mod tests {
             start: time_from_ns(1_000),
             end: time_from_ns(2_000),
             records: Records::default(),
-            counters: Counters([1, 2, 3, 4, 5, 6, 0, 0]),
+            counters: Counters([1, 2, 3, 4, 5, 6, 0, 0, 0, 0]),
             dropped_records: 7,
             sampling_rate: 8,
         };

@@ -1,0 +1,347 @@
+//! The programs' flow caches, read and emptied through a memory mapping.
+//!
+//! Each family has one mmapable array holding every CPU's direct-mapped
+//! cache for both slots (layout: `flowagent_common::cache_index`). A flow
+//! sits at index `cache_hash(key) & mask` of every CPU cache it was seen
+//! in, so the entries of one flow on several CPUs are found side by side,
+//! without a hash table in userspace. A flow whose cache entry another flow
+//! held on some CPU was counted in the hash map there instead: the hash
+//! walk folds such an entry into the cached one holding the same key
+//! ([`Cache::absorb`]) before the scan ([`Cache::scan`]) turns each cached
+//! flow into one record, so a flow still gives exactly one record.
+//!
+//! Invariant: only the slot the programs no longer write (after the
+//! drain's barrier) is read or written here, and every entry read is
+//! zeroed, which is what the programs take for an empty entry.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+use flowagent_common::{CachedV4, CachedV6, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, cache_index};
+
+use crate::flow::merge_per_cpu;
+
+/// A cache entry type and its key.
+pub trait Entry: Copy + Send + 'static {
+    /// The flow key.
+    type Key: Copy + PartialEq;
+    /// The entry's key.
+    fn key(&self) -> &Self::Key;
+    /// The entry's statistics.
+    fn stats(&self) -> &FlowStats;
+    /// The entry's statistics, to fold another copy into.
+    fn stats_mut(&mut self) -> &mut FlowStats;
+    /// The hash the programs index the cache with.
+    fn hash(key: &Self::Key) -> u32;
+}
+
+impl Entry for CachedV4 {
+    type Key = FlowKeyV4;
+    fn key(&self) -> &FlowKeyV4 {
+        &self.key
+    }
+    fn stats(&self) -> &FlowStats {
+        &self.stats
+    }
+    fn stats_mut(&mut self) -> &mut FlowStats {
+        &mut self.stats
+    }
+    fn hash(key: &FlowKeyV4) -> u32 {
+        key.cache_hash()
+    }
+}
+
+impl Entry for CachedV6 {
+    type Key = FlowKeyV6;
+    fn key(&self) -> &FlowKeyV6 {
+        &self.key
+    }
+    fn stats(&self) -> &FlowStats {
+        &self.stats
+    }
+    fn stats_mut(&mut self) -> &mut FlowStats {
+        &mut self.stats
+    }
+    fn hash(key: &FlowKeyV6) -> u32 {
+        key.cache_hash()
+    }
+}
+
+/// One family's cache array: every CPU's cache for both slots.
+#[derive(Debug)]
+pub struct Cache<E> {
+    /// The first entry.
+    base: NonNull<E>,
+    /// Bytes mapped from the array's fd, unmapped on drop; 0 when the
+    /// entries are in `owned` instead.
+    mapped: usize,
+    /// Entries in plain memory (tests without a kernel); empty when mapped.
+    _owned: Vec<E>,
+    /// Possible CPUs the array is laid out for.
+    cpus: u32,
+    /// log2 of the entries per CPU and slot; None: the programs run
+    /// without a cache.
+    bits: Option<u32>,
+}
+
+// SAFETY: the entries are plain memory owned by this value; concurrent
+// access from the drain's threads follows the rules of `absorb` and `scan`
+// (disjoint entries per thread).
+unsafe impl<E: Send> Send for Cache<E> {}
+// SAFETY: as above.
+unsafe impl<E: Send> Sync for Cache<E> {}
+
+impl<E> Drop for Cache<E> {
+    fn drop(&mut self) {
+        if self.mapped > 0 {
+            // SAFETY: the mapping made in `map` with this length, not yet
+            // unmapped, and no reference into it outlives `self`.
+            unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
+        }
+    }
+}
+
+impl<E: Entry> Cache<E> {
+    /// Maps the cache array `data` (max_entries entries of `E`) laid out
+    /// for `cpus` CPUs. An array too small to give every CPU an entry per
+    /// slot means the programs run without a cache.
+    pub fn map(data: &MapData, cpus: u32) -> io::Result<Self> {
+        let entries = data.info().map_err(io::Error::other)?.max_entries();
+        let per_cpu = entries / (SLOTS * cpus.max(1));
+        let bits = (per_cpu > 0 && per_cpu.is_power_of_two()).then(|| per_cpu.trailing_zeros());
+        let bytes = (entries as usize * size_of::<E>()).next_multiple_of(page_size());
+        // SAFETY: a fresh shared mapping of the map's fd, which the kernel
+        // allows for a BPF_F_MMAPABLE array; the length covers its values.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Self {
+            base,
+            mapped: bytes,
+            _owned: Vec::new(),
+            cpus: cpus.max(1),
+            bits,
+        })
+    }
+
+    /// A cache in plain memory, laid out as the programs lay out theirs.
+    #[cfg(test)]
+    pub fn owned(cpus: u32, bits: u32) -> Self {
+        let entries = (SLOTS * cpus) << bits;
+        // SAFETY: every `Entry` type is Pod: all-zero bytes are a valid,
+        // empty entry.
+        let zero = unsafe { std::mem::zeroed::<E>() };
+        let mut owned = vec![zero; entries as usize];
+        Self {
+            base: NonNull::new(owned.as_mut_ptr()).expect("a vector's pointer"),
+            mapped: 0,
+            _owned: owned,
+            cpus,
+            bits: Some(bits),
+        }
+    }
+
+    /// Entries per CPU and slot (0 without a cache).
+    pub fn entries(&self) -> u32 {
+        self.bits.map_or(0, |b| 1 << b)
+    }
+
+    /// Pointer to entry `at` of CPU `cpu`'s cache of `slot`.
+    fn entry(&self, slot: u32, cpu: u32, at: u32) -> *mut E {
+        let bits = self.bits.unwrap_or(0);
+        let index = cache_index(slot, cpu, self.cpus, bits, at);
+        // SAFETY: slot < SLOTS, cpu < cpus and at < 1 << bits keep the index
+        // inside the array (callers guarantee the first two, the mask the
+        // third).
+        unsafe { self.base.as_ptr().add(index as usize) }
+    }
+
+    /// Folds `stats`, a hash-map copy of `key`'s flow in `slot`, into the
+    /// cache entry some CPU holds for `key`; false (nothing changed) when
+    /// no CPU's cache holds it.
+    ///
+    /// # Safety
+    /// No program writes `slot`, and no other thread reads or writes the
+    /// entries of `key`'s index meanwhile (distinct keys of one hash walk
+    /// are fine: a key is in the hash map once, and the entry it changes
+    /// holds that key).
+    pub unsafe fn absorb(&self, slot: u32, key: &E::Key, stats: &FlowStats) -> bool {
+        let Some(bits) = self.bits else {
+            return false;
+        };
+        let at = E::hash(key) & ((1 << bits) - 1);
+        for cpu in 0..self.cpus {
+            let entry = self.entry(slot, cpu, at);
+            // SAFETY: in bounds (see `entry`); exclusive per the contract.
+            let entry = unsafe { &mut *entry };
+            if entry.stats().packets != 0 && entry.key() == key {
+                if let Some(merged) = merge_per_cpu([entry.stats(), stats]) {
+                    *entry.stats_mut() = merged;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Calls `each` with every flow held at indexes `range` of `slot`'s
+    /// caches, its copies on every CPU merged, and empties those entries.
+    /// Returns the entries read (one per flow and CPU).
+    ///
+    /// # Safety
+    /// No program writes `slot`, and no other thread reads or writes these
+    /// indexes of `slot` meanwhile.
+    pub unsafe fn scan(
+        &self,
+        slot: u32,
+        range: std::ops::Range<u32>,
+        mut each: impl FnMut(&E::Key, &FlowStats),
+    ) -> usize {
+        let Some(bits) = self.bits else {
+            return 0;
+        };
+        let mut read = 0;
+        for at in range.start..range.end.min(1 << bits) {
+            for cpu in 0..self.cpus {
+                let first = self.entry(slot, cpu, at);
+                // SAFETY: in bounds; exclusive per the contract.
+                let first = unsafe { &mut *first };
+                if first.stats().packets == 0 {
+                    continue;
+                }
+                read += 1;
+                let key = *first.key();
+                let mut stats = *first.stats();
+                // The same flow on later CPUs: same index, same key.
+                for other in cpu + 1..self.cpus {
+                    let other = self.entry(slot, other, at);
+                    // SAFETY: as above; a different entry than `first`.
+                    let other = unsafe { &mut *other };
+                    if other.stats().packets != 0 && *other.key() == key {
+                        read += 1;
+                        if let Some(merged) = merge_per_cpu([&stats, other.stats()]) {
+                            stats = merged;
+                        }
+                        // SAFETY: E is Pod, so zero bytes are a valid (empty) entry.
+                        unsafe { std::ptr::write_bytes(other as *mut E, 0, 1) };
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { std::ptr::write_bytes(first as *mut E, 0, 1) };
+                each(&key, &stats);
+            }
+        }
+        read
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> FlowKeyV4 {
+        FlowKeyV4 {
+            src: [10, 0, 0, n],
+            dst: [10, 0, 1, 1],
+            ifindex: 3,
+            src_port: 1000 + u16::from(n),
+            dst_port: 53,
+            proto: 17,
+            ..Default::default()
+        }
+    }
+
+    fn stats(packets: u64, first: u64) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen: first,
+            last_seen: first + 5,
+            ..Default::default()
+        }
+    }
+
+    /// Puts `key` into CPU `cpu`'s cache of `slot` as a program would.
+    fn put(cache: &Cache<CachedV4>, slot: u32, cpu: u32, key: FlowKeyV4, s: FlowStats) {
+        let at = key.cache_hash() & (cache.entries() - 1);
+        let entry = cache.entry(slot, cpu, at);
+        // SAFETY: in bounds; the test is the only user.
+        unsafe {
+            (*entry).key = key;
+            (*entry).stats = s;
+        }
+    }
+
+    fn scan_all(cache: &Cache<CachedV4>, slot: u32) -> (usize, Vec<(FlowKeyV4, FlowStats)>) {
+        let mut out = Vec::new();
+        // SAFETY: the test is the only user.
+        let read = unsafe { cache.scan(slot, 0..cache.entries(), |k, s| out.push((*k, *s))) };
+        out.sort_by_key(|(k, _)| k.src);
+        (read, out)
+    }
+
+    #[test]
+    fn one_record_per_flow_across_cpus_and_the_hash_map() {
+        let cache = Cache::<CachedV4>::owned(3, 4);
+        put(&cache, 1, 0, key(1), stats(2, 100));
+        put(&cache, 1, 2, key(1), stats(3, 90));
+        put(&cache, 1, 1, key(2), stats(1, 50));
+        // Slot 0 is not the drained one: left alone.
+        put(&cache, 0, 0, key(3), stats(7, 10));
+        // key(1) was also counted in the hash map on CPU 1.
+        // SAFETY: the test is the only user.
+        assert!(unsafe { cache.absorb(1, &key(1), &stats(4, 95)) });
+        // SAFETY: as above.
+        assert!(!unsafe { cache.absorb(1, &key(9), &stats(4, 95)) });
+        let (read, flows) = scan_all(&cache, 1);
+        assert_eq!(read, 3);
+        assert_eq!(flows.len(), 2);
+        let (k, s) = flows[0];
+        assert_eq!(k, key(1));
+        assert_eq!((s.packets, s.bytes), (9, 900));
+        assert_eq!((s.first_seen, s.last_seen), (90, 105));
+        assert_eq!((flows[1].0, flows[1].1.packets), (key(2), 1));
+        // Emptied: a second scan finds nothing; slot 0 still holds its flow.
+        assert_eq!(scan_all(&cache, 1), (0, vec![]));
+        assert_eq!(scan_all(&cache, 0).0, 1);
+    }
+
+    #[test]
+    fn colliding_flows_on_different_cpus_stay_apart() {
+        // With one entry per CPU every key collides: two flows at the same
+        // index on two CPUs are two records.
+        let cache = Cache::<CachedV4>::owned(2, 0);
+        put(&cache, 0, 0, key(1), stats(1, 10));
+        put(&cache, 0, 1, key(2), stats(2, 20));
+        let (read, flows) = scan_all(&cache, 0);
+        assert_eq!(read, 2);
+        assert_eq!(
+            flows
+                .iter()
+                .map(|(k, s)| (k.src[3], s.packets))
+                .collect::<Vec<_>>(),
+            [(1, 1), (2, 2)]
+        );
+    }
+}
