@@ -26,15 +26,10 @@ pub mod names {
     pub const CACHE_V6: &str = "CACHE_V6";
     /// Per-CPU array of [`crate::Counter`] values for both slots.
     pub const COUNTERS: &str = "COUNTERS";
-    /// One-entry array holding the slot the programs write to now.
-    pub const CONTROL: &str = "CONTROL";
+    /// Array (mmapable) of one [`crate::CpuLine`] per possible CPU.
+    pub const CPUS: &str = "CPUS";
     /// Two-entry array the clock program fills: [jiffies, CLOCK_MONOTONIC ns].
     pub const CLOCK: &str = "CLOCK";
-    /// Global (`.rodata`): packets are sampled when a random `u32` is below
-    /// this; read only by CPUs numbered [`crate::SAMPLER_CPUS`] and above.
-    pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
-    /// Global (`.bss`): `[Sampler; SAMPLER_CPUS]`, one per CPU number.
-    pub const SAMPLERS: &str = "SAMPLERS";
     /// The XDP program.
     pub const PROG_XDP: &str = "flowagent_xdp";
     /// An XDP program never attached: run by the agent through
@@ -50,22 +45,26 @@ pub mod names {
     pub const PROG_TC_EGRESS: &str = "flowagent_tc_egress";
 }
 
-/// CPUs whose sampling state is a [`Sampler`] in the `SAMPLERS` global;
-/// CPUs beyond use a per-CPU map and the `SAMPLE_THRESHOLD` global.
-pub const SAMPLER_CPUS: usize = 512;
-
-/// One CPU's line of per-packet settings: its sampling generator and
-/// threshold, and where its flow caches are.
+/// One CPU's line of per-packet state, written by the agent and by the
+/// programs running on that CPU: the sampling generator and threshold, the
+/// slot to write, the count of program runs, and where the CPU's flow
+/// caches are.
 ///
-/// Why the threshold and the cache layout are copied into every CPU's line:
-/// a sampled-out packet then reads one line and nothing else, and an
-/// accounted one finds its cache entry from the same line. With live traffic
-/// the network stack runs between two packets and evicts L1, so every
-/// further line (the `.rodata` threshold was one) costs a miss on most
-/// packets.
+/// Why one line per CPU: a sampled-out packet then reads one line and
+/// nothing else, and an accounted one finds its slot and cache entry from
+/// the same line. With live traffic the network stack runs between two
+/// packets and evicts L1, so every further line costs a miss on most
+/// packets (the `.rodata` threshold and the `CONTROL` slot map were two).
+///
+/// The drain's handshake with the programs (see the agent's `drain`
+/// module): a program adds 1 to `runs` (an atomic add, a full barrier)
+/// before it reads `slot`, and 1 again when it is done with that slot, so
+/// `runs` is odd exactly while a run may be writing the slot it read. The
+/// agent writes the new `slot` into every line, then waits for each odd
+/// `runs` to move on.
 #[repr(C, align(64))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Sampler {
+pub struct CpuLine {
     /// xorshift32 state (host order); 0 until the CPU's first decision seeds
     /// it. Written only by the programs running on that CPU.
     pub state: u32,
@@ -78,43 +77,53 @@ pub struct Sampler {
     /// This CPU's cache entries per slot minus one (a power of two minus
     /// one): the mask applied to a key's cache hash.
     pub cache_mask: u32,
+    /// The slot (0 or 1) the programs on this CPU write. Written by the
+    /// agent at each drain.
+    pub slot: u32,
+    /// Program runs begun plus runs ended on this CPU (wrapping): odd while
+    /// one is in progress. Written only by the programs on that CPU.
+    pub runs: u64,
     /// Explicit padding to the cache line, always zero.
-    pub _pad: [u32; 11],
+    pub _pad: [u64; 4],
 }
 
-impl Sampler {
-    /// An unseeded sampler with this threshold and no cache layout.
-    pub const fn new(threshold: u32) -> Self {
-        Sampler {
+impl CpuLine {
+    /// The line of CPU `cpu` for this sampling threshold, whose caches hold
+    /// `1 << cache_bits` entries per slot in arrays laid out for `cpus`
+    /// CPUs: slot-major, then by CPU (see [`cache_index`]). None: no cache.
+    pub const fn new(threshold: u32, cpu: u32, cpus: u32, cache_bits: Option<u32>) -> Self {
+        let (cache_base, cache_mask) = match cache_bits {
+            Some(bits) => (
+                [
+                    cache_index(0, cpu, cpus, bits, 0),
+                    cache_index(1, cpu, cpus, bits, 0),
+                ],
+                (1u32 << bits) - 1,
+            ),
+            // A base past any array's end makes the programs' cache lookup
+            // fail its bounds check, so every flow goes to the hash maps.
+            None => ([u32::MAX / 2; 2], 0),
+        };
+        CpuLine {
             state: 0,
             threshold,
-            cache_base: [0; 2],
-            cache_mask: 0,
-            _pad: [0; 11],
+            cache_base,
+            cache_mask,
+            slot: 0,
+            runs: 0,
+            _pad: [0; 4],
         }
     }
-
-    /// An unseeded sampler of CPU `cpu` with this threshold, whose caches
-    /// hold `1 << cache_bits` entries per slot in arrays laid out for
-    /// `cpus` CPUs: slot-major, then by CPU (see [`cache_index`]).
-    pub const fn with_cache(threshold: u32, cpu: u32, cpus: u32, cache_bits: u32) -> Self {
-        let mut s = Sampler::new(threshold);
-        s.cache_base = [
-            cache_index(0, cpu, cpus, cache_bits, 0),
-            cache_index(1, cpu, cpus, cache_bits, 0),
-        ];
-        s.cache_mask = (1u32 << cache_bits) - 1;
-        s
-    }
 }
+
+const _: () = assert!(core::mem::size_of::<CpuLine>() == 64);
+const _: () = assert!(core::mem::offset_of!(CpuLine, runs) == 24);
 
 /// The index in a cache array of entry `at` of CPU `cpu`'s cache for `slot`,
 /// with `cpus` CPUs and `1 << cache_bits` entries per CPU and slot.
 pub const fn cache_index(slot: u32, cpu: u32, cpus: u32, cache_bits: u32, at: u32) -> u32 {
     ((slot * cpus + cpu) << cache_bits) + at
 }
-
-const _: () = assert!(core::mem::size_of::<Sampler>() == 64);
 
 /// Default number of entries in each flow map (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;

@@ -6,7 +6,7 @@ extern crate std;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{CachedV4, CachedV6, FlowKeyV4, FlowKeyV6, FlowStats, Sampler};
+use crate::{CachedV4, CachedV6, CpuLine, FlowKeyV4, FlowKeyV6, FlowStats};
 
 // SAFETY: all four are `#[repr(C)]`, `Copy`, built only from integers and
 // byte arrays with explicit padding, so every bit pattern is a valid value.
@@ -16,7 +16,7 @@ unsafe impl aya::Pod for FlowKeyV6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowStats {}
 // SAFETY: as above (sixteen u32, no implicit padding).
-unsafe impl aya::Pod for Sampler {}
+unsafe impl aya::Pod for CpuLine {}
 // SAFETY: as above (key, explicit padding, stats, explicit padding).
 unsafe impl aya::Pod for CachedV4 {}
 // SAFETY: as above.

@@ -1,6 +1,6 @@
 //! Accounting: turns a parsed packet into a flow-map update or a counter.
 //!
-//! Fast path (existing flow): one array lookup for the slot, the flow's
+//! Fast path (existing flow): the slot from the CPU's line, the flow's
 //! entry in this CPU's flow cache (an index computed from the key's hash;
 //! the lookup inlined by the verifier), an inlined jiffies read, four
 //! stores. A new flow fills its cache entry, after the FIB lookup (ingress
@@ -26,8 +26,8 @@ use flowagent_common::{
 
 use crate::{
     maps::{
-        CACHE_V4, CACHE_V6, Cpu, FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, active_slot,
-        count, count_entry,
+        CACHE_V4, CACHE_V6, Cpu, FLOWS_V4_0, FLOWS_V4_1, FLOWS_V6_0, FLOWS_V6_1, Run, count,
+        count_entry,
     },
     parse::{Frame, Meta, Parsed, parse, src_mac},
 };
@@ -59,11 +59,12 @@ pub struct Observation {
 pub fn account<C: EbpfContext, F: Frame>(
     ctx: &C,
     cpu: Cpu,
+    run: &Run,
     frame: F,
     frame_len: u64,
     obs: &Observation,
 ) {
-    let slot = active_slot();
+    let slot = run.slot;
     match parse(frame, obs.vlan_hint) {
         Parsed::V4(mut key, meta) => {
             key.ifindex = obs.ifindex;
@@ -284,9 +285,7 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     // The resolution (1/HZ, 1-10 ms) is what flow timestamps need.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    if let Some(index) = job.cpu.cache_index(SLOT, key.hash())
-        && let Some(entry) = K::cached(index)
-    {
+    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, key.hash())) {
         let (cached_key, stats) = K::parts(entry);
         // SAFETY: this CPU's own cache entry: only programs on this CPU
         // write it, and they do not nest; the agent touches it only after

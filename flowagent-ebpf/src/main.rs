@@ -28,8 +28,11 @@ use crate::{
 /// XDP ingress accounting.
 #[xdp]
 pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
-    let cpu = maps::Cpu::current();
+    let Some(cpu) = maps::Cpu::current() else {
+        return xdp_action::XDP_PASS;
+    };
     if !cpu.sampled_out() {
+        let run = cpu.enter();
         let obs = Observation {
             ifindex: ctx.ingress_ifindex() as u32,
             direction: DIRECTION_INGRESS,
@@ -37,7 +40,15 @@ pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
             other_ifindex: 0,
         };
         let frame = Packet::new(ctx.data(), ctx.data_end());
-        account(&ctx, cpu, frame, (ctx.data_end() - ctx.data()) as u64, &obs);
+        account(
+            &ctx,
+            cpu,
+            &run,
+            frame,
+            (ctx.data_end() - ctx.data()) as u64,
+            &obs,
+        );
+        cpu.leave(run);
     }
     xdp_action::XDP_PASS
 }
@@ -81,9 +92,13 @@ pub fn flowagent_clock(_ctx: XdpContext) -> u32 {
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
-    let cpu = maps::Cpu::current();
+    let Some(cpu) = maps::Cpu::current() else {
+        return TC_ACT_OK;
+    };
     if !cpu.sampled_out() {
-        tc_account(&ctx, cpu, DIRECTION_INGRESS);
+        let run = cpu.enter();
+        tc_account(&ctx, cpu, &run, DIRECTION_INGRESS);
+        cpu.leave(run);
     }
     TC_ACT_OK
 }
@@ -91,15 +106,19 @@ pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
 /// TC (tcx/clsact) egress accounting.
 #[classifier]
 pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
-    let cpu = maps::Cpu::current();
+    let Some(cpu) = maps::Cpu::current() else {
+        return TC_ACT_OK;
+    };
     if !cpu.sampled_out() {
-        tc_account(&ctx, cpu, DIRECTION_EGRESS);
+        let run = cpu.enter();
+        tc_account(&ctx, cpu, &run, DIRECTION_EGRESS);
+        cpu.leave(run);
     }
     TC_ACT_OK
 }
 
 #[inline(always)]
-fn tc_account(ctx: &TcContext, cpu: maps::Cpu, direction: u8) {
+fn tc_account(ctx: &TcContext, cpu: maps::Cpu, run: &maps::Run, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: `skb` is the context pointer the kernel passed in.
     let (ifindex, ingress_ifindex, vlan_present, vlan_tci, len) = unsafe {
@@ -145,14 +164,14 @@ fn tc_account(ctx: &TcContext, cpu: maps::Cpu, direction: u8) {
     };
     let linear = Packet::new(ctx.data(), ctx.data_end());
     if ctx.data_end() - ctx.data() >= want {
-        account(ctx, cpu, linear, len as u64, &obs);
+        account(ctx, cpu, run, linear, len as u64, &obs);
     } else if let Some(copy) = copy_headers(ctx, want) {
-        account(ctx, cpu, copy, len as u64, &obs);
+        account(ctx, cpu, run, copy, len as u64, &obs);
     } else {
         // The skb is shorter than it says (cannot happen): count the packet
         // rather than lose it.
         maps::count(
-            maps::active_slot(),
+            run.slot,
             flowagent_common::Counter::MalformedPackets as u32,
             len as u64,
         );

@@ -1,13 +1,13 @@
 //! The maps the programs write. Sizes here are defaults: the agent sets the
 //! flow maps' size at load time (`--max-flows`).
 //!
-//! There are two of everything indexed by slot: the programs write the slot
-//! named in `CONTROL` while the agent drains the other one, so a drain never
-//! races with a writer (see the agent's `drain` module for the barrier).
+//! There are two of everything indexed by slot: the programs on a CPU write
+//! the slot named in its line of `CPUS` while the agent drains the other
+//! one, so a drain never races with a writer (see [`Cpu::enter`] and the
+//! agent's `drain` module for the handshake).
 //!
-//! The sampling generator's state is per CPU and only ever written by its
-//! own CPU: in `SAMPLERS` (one cache line per CPU, beside the threshold) for
-//! the first `SAMPLER_CPUS` CPUs, in the `RNG` per-CPU array beyond.
+//! Per-CPU state (the sampling generator, the run count) lives in the CPU's
+//! line of `CPUS` and is only ever written by its own CPU's programs.
 
 use crate::parse::COPY_LEN;
 use aya_ebpf::{
@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 use flowagent_common::{
-    COUNTERS_PER_SLOT, CachedV4, CachedV6, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6, FlowStats,
-    SAMPLER_CPUS, SLOTS, Sampler,
+    COUNTERS_PER_SLOT, CachedV4, CachedV6, CpuLine, DEFAULT_MAX_FLOWS, FlowKeyV4, FlowKeyV6,
+    FlowStats, SLOTS,
 };
 
 /// Every CPU's IPv4 flow cache for both slots (layout: [`Sampler`]); the
@@ -54,66 +54,42 @@ pub static HEADERS: PerCpuArray<[u8; COPY_LEN]> = PerCpuArray::with_max_entries(
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS * COUNTERS_PER_SLOT, 0);
 
-/// Per-CPU xorshift32 state for the sampling decision (0: not seeded yet),
-/// for CPUs numbered [`SAMPLER_CPUS`] and above.
-#[map]
-pub static RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// The per-packet settings of CPUs 0 to [`SAMPLER_CPUS`] - 1, indexed by
-/// CPU number (.bss, 32 KiB; the agent sets every line at load time).
+/// Every CPU's line of per-packet state, indexed by CPU number; the agent
+/// sizes it at load time, writes it through a memory mapping before any
+/// program is attached, and flips the slots in it at each drain.
 ///
-/// Why not a per-CPU array map: its inlined lookup loads the map's per-CPU
-/// pointer table before the value, two dependent cache lines on the
-/// sampled-out path. Here the address is the inlined
-/// `bpf_get_smp_processor_id()` (a per-CPU variable the kernel keeps hot)
-/// times 64: one line, which also holds the threshold (see [`Sampler`]).
-#[unsafe(no_mangle)]
-static mut SAMPLERS: [Sampler; SAMPLER_CPUS] = [Sampler::new(0); SAMPLER_CPUS];
-
-/// The threshold for CPUs numbered [`SAMPLER_CPUS`] and above, set by the
-/// agent at load time (the verifier sees a constant).
-#[unsafe(no_mangle)]
-static SAMPLE_THRESHOLD: u32 = 0;
+/// Why an array map and not a `.bss` global: the agent must write each
+/// CPU's `slot` and read its `runs` while programs run, which needs a
+/// memory mapping (aya does not map `.bss`). The verifier inlines the
+/// lookup into index arithmetic, so finding the line costs no load.
+#[map]
+pub static CPUS: Array<CpuLine> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Written by the clock program: [jiffies, CLOCK_MONOTONIC ns] of one instant.
 #[map]
 pub static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Entry 0: the slot the programs write now (0 or 1).
-#[map]
-pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
-
-/// The slot to write, read once per packet.
-#[inline(always)]
-pub fn active_slot() -> u32 {
-    match CONTROL.get(0) {
-        Some(slot) => *slot & 1,
-        None => 0,
-    }
-}
-
-/// The CPU a program runs on: its line of settings when it has one.
+/// The CPU a program runs on: its line.
 #[derive(Clone, Copy)]
 pub struct Cpu {
-    /// This CPU's entry of `SAMPLERS`; null for CPUs numbered
-    /// [`SAMPLER_CPUS`] and above, which have no flow cache.
-    sampler: *mut Sampler,
+    line: *mut CpuLine,
+}
+
+/// A program run between [`Cpu::enter`] and [`Cpu::leave`]: the slot it
+/// writes.
+pub struct Run {
+    /// The slot (0 or 1) this run writes.
+    pub slot: u32,
 }
 
 impl Cpu {
-    /// The CPU this program runs on.
+    /// The CPU this program runs on; None only if `CPUS` has no line for it
+    /// (the agent sizes it for every possible CPU).
     #[inline(always)]
-    pub fn current() -> Self {
+    pub fn current() -> Option<Self> {
         // SAFETY: helper without preconditions; the verifier inlines it.
-        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as usize;
-        let sampler = if cpu < SAMPLER_CPUS {
-            // SAFETY: in bounds (checked above); a raw pointer, no reference
-            // to the `static mut` is formed.
-            unsafe { &raw mut SAMPLERS[cpu] }
-        } else {
-            core::ptr::null_mut()
-        };
-        Cpu { sampler }
+        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+        CPUS.get_ptr_mut(cpu).map(|line| Cpu { line })
     }
 
     /// Whether this packet is left out by 1-in-N sampling.
@@ -125,27 +101,16 @@ impl Cpu {
     /// output is never 0 and its period 2^32 - 1, plenty for 1-in-N sampling.
     #[inline(always)]
     pub fn sampled_out(self) -> bool {
-        let (state, threshold): (*mut u32, u32) = if !self.sampler.is_null() {
-            // SAFETY: this CPU's entry of SAMPLERS. The threshold is only
-            // written by the loader, before any program runs.
-            unsafe { (&raw mut (*self.sampler).state, (*self.sampler).threshold) }
-        } else {
-            // SAFETY: reading a plain `.rodata` global; volatile stops the
-            // compiler from folding the default value in before the loader
-            // overrides it.
-            let threshold = unsafe { core::ptr::read_volatile(&SAMPLE_THRESHOLD) };
-            match RNG.get_ptr_mut(0) {
-                Some(state) => (state, threshold),
-                None => return false,
-            }
-        };
+        // SAFETY: this CPU's line; the threshold is only written by the
+        // agent before programs are attached.
+        let threshold = unsafe { (*self.line).threshold };
         if threshold == 0 {
             return false;
         }
         // SAFETY: this CPU's own state; nothing else writes it while this
-        // program runs (programs do not nest on one CPU here, and a CPU only
-        // touches its own entry).
-        let mut x = unsafe { *state };
+        // program runs (programs do not nest on one CPU, and a CPU only
+        // touches its own line).
+        let mut x = unsafe { (*self.line).state };
         if x == 0 {
             // SAFETY: helper without preconditions.
             x = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } | 1;
@@ -154,25 +119,68 @@ impl Cpu {
         x ^= x >> 17;
         x ^= x << 5;
         // SAFETY: as above.
-        unsafe { *state = x };
+        unsafe { (*self.line).state = x };
         x >= threshold
     }
 
-    /// The index in the cache arrays of the entry for a key hashing to
-    /// `hash` in this CPU's cache of `slot` (0 or 1); None without a cache.
+    /// Begins a run that writes a slot: counts it in `runs` (odd from now
+    /// on), then reads the slot. The add is atomic, which the JIT turns
+    /// into a full barrier (x86 `lock xadd`, arm64 `ldaddal`), so the slot
+    /// is read after the count is visible: the agent, which writes the new
+    /// slot before it reads `runs`, either sees this run in progress or is
+    /// seen by it (Dekker's handshake).
     #[inline(always)]
-    pub fn cache_index(self, slot: u32, hash: u32) -> Option<u32> {
-        if self.sampler.is_null() {
-            return None;
-        }
-        // SAFETY: this CPU's entry of SAMPLERS, written only by the loader.
+    pub fn enter(self) -> Run {
+        // SAFETY: `runs` is an 8-aligned u64 in this CPU's line.
+        unsafe { count_run(&raw mut (*self.line).runs) };
+        // SAFETY: this CPU's line; volatile, as the agent changes it.
+        let slot = unsafe { core::ptr::read_volatile(&raw const (*self.line).slot) };
+        Run { slot: slot & 1 }
+    }
+
+    /// Ends a run begun with [`Cpu::enter`]: `runs` is even again. Atomic
+    /// too, so that every write of the run is visible before the agent can
+    /// see it ended (a plain store would do on x86, not on arm64).
+    #[inline(always)]
+    pub fn leave(self, _run: Run) {
+        // SAFETY: as in `enter`.
+        unsafe { count_run(&raw mut (*self.line).runs) };
+    }
+
+    /// The index in the cache arrays of the entry for a key hashing to
+    /// `hash` in this CPU's cache of `slot` (0 or 1).
+    #[inline(always)]
+    pub fn cache_index(self, slot: u32, hash: u32) -> u32 {
+        // SAFETY: this CPU's line; the cache layout is only written by the
+        // agent before programs are attached.
         let (base, mask) = unsafe {
             (
-                (*self.sampler).cache_base[(slot & 1) as usize],
-                (*self.sampler).cache_mask,
+                (*self.line).cache_base[(slot & 1) as usize],
+                (*self.line).cache_mask,
             )
         };
-        Some(base + (hash & mask))
+        base + (hash & mask)
+    }
+}
+
+/// Adds 1 to `*runs` with BPF's atomic fetch-and-add, which the JITs turn
+/// into a full barrier (x86 `lock xadd`, arm64 `ldaddal`). Assembly
+/// because the BPF target has no `core::sync::atomic`; the fetched value is
+/// not needed, but the non-fetching add is JITed without ordering on
+/// arm64 (`stadd`).
+///
+/// # Safety
+/// `runs` must point to an 8-aligned u64 in a map value.
+#[inline(always)]
+unsafe fn count_run(runs: *mut u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) runs,
+            v = inout(reg) 1u64 => _,
+            options(nostack),
+        );
     }
 }
 

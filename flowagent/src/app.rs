@@ -3,7 +3,7 @@
 //! ```text
 //!  rtnetlink ──▶ Capture (owns programs, attaches)        kernel: XDP/TC programs
 //!                                                             │ per-CPU maps, slot A/B
-//!  tick ──────▶ Drainer (flip slot, barrier, batch read) ◀────┘
+//!  tick ──────▶ Drainer (flip slot, wait for runs, read) ◀────┘
 //!                   │ bounded channel (drops counted)
 //!                   ▼
 //!               Enricher thread (only with BGP / --networks-file) ◀── RibHandle ◀── bgp::Speaker

@@ -1,7 +1,7 @@
 //! flowagent: in-kernel flow accounting for Linux routers.
 //!
 //! Data flows one way: kernel maps ([`capture`] loads and attaches the
-//! programs that fill them) → [`drain`] (flip, barrier, batch read) →
+//! programs that fill them) → [`drain`] (flip, wait for runs, read) →
 //! [`flow::FlowRecord`]s → [`export`]. [`app`] wires the stages together and
 //! owns the shutdown order.
 

@@ -68,14 +68,17 @@ fn pin(cpu: usize) {
     }
 }
 
+/// The agent's drainer of `ebpf`'s maps and caches.
+fn drainer(ebpf: &mut Ebpf) -> Drainer {
+    let maps = Maps::take(ebpf).expect("maps");
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer")
+}
+
 /// One drain of `ebpf`'s maps and caches by the agent's drainer, records
 /// sorted by source address.
 fn drain(ebpf: &mut Ebpf) -> Vec<FlowRecord> {
-    let maps = Maps::take(ebpf).expect("maps");
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let mut drainer =
-        Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer");
-    let batch = drainer.drain().expect("drain");
+    let batch = drainer(ebpf).drain().expect("drain");
     let mut records: Vec<FlowRecord> = batch.records.iter().cloned().collect();
     records.sort_by_key(|r| r.src);
     records
@@ -142,6 +145,45 @@ fn flows_that_miss_the_cache_are_merged_into_one_record() {
             ("10.50.0.2".to_owned(), 30, 30 * 46),
             ("10.50.0.3".to_owned(), 5, 5 * 46),
         ]
+    );
+}
+
+/// The drain's flip races with programs running on another CPU all the
+/// time: every packet must still be counted exactly once, and some flips
+/// must have found a run in progress and waited for it (drain/slots.rs),
+/// so the test does exercise the handshake.
+#[test]
+fn drains_racing_with_running_programs_lose_and_double_nothing() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(cpus >= 2, "this test needs 2 CPUs, the machine has {cpus}");
+    let mut ebpf = loaded(1, 1024);
+    let mut drainer = drainer(&mut ebpf);
+    let (calls, repeat) = (200u64, 1000u32);
+    let sender = std::thread::spawn(move || {
+        pin(0);
+        for i in 0..calls {
+            // Two flows, so the cache holds more than one entry.
+            test_run(&mut ebpf, &frame_from(1 + (i % 2) as u8), repeat);
+        }
+        ebpf
+    });
+    pin(1);
+    let packets = |d: &mut Drainer| -> u64 {
+        let batch = d.drain().expect("drain");
+        batch.records.iter().map(|r| r.packets).sum()
+    };
+    let (mut total, mut drains) = (0, 0);
+    while !sender.is_finished() {
+        total += packets(&mut drainer);
+        drains += 1;
+    }
+    let _ebpf = sender.join().expect("sender");
+    total += packets(&mut drainer);
+    assert_eq!(total, calls * u64::from(repeat), "after {drains} drains");
+    assert!(drains >= 20, "only {drains} drains raced with the programs");
+    assert!(
+        drainer.waited_for_runs() > 0,
+        "no flip of {drains} found a program run in progress"
     );
 }
 

@@ -1,16 +1,17 @@
-//! Loads the eBPF object with this run's settings: the sampling threshold
-//! and cache layout in every CPU's line (and the read-only global CPUs
-//! beyond them use), the flow maps' and caches' sizes; then verifies the
-//! programs the mode needs.
+//! Loads the eBPF object with this run's settings: the flow maps' and
+//! caches' sizes, and every CPU's line (sampling threshold, cache layout)
+//! written before any program runs; then verifies the programs the mode
+//! needs.
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use flowagent_common::{SAMPLER_CPUS, SLOTS, Sampler, names};
+use flowagent_common::{CpuLine, SLOTS, names};
 
 use super::Error;
 use crate::config::{Config, Mode};
+use crate::drain::sys::MappedArray;
 
 /// The object built from flowagent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowagent"));
@@ -107,10 +108,8 @@ impl Sizes {
 /// created, and the clock program the drain runs loaded; the flow programs
 /// are left to the caller.
 pub fn load_object(sampling: u32, sizes: &Sizes) -> Result<Ebpf, Error> {
-    let globals = Globals::new(sampling, sizes);
-    let mut ebpf = configure(&globals, sizes)
-        .load(EBPF_OBJECT)
-        .map_err(Error::Load)?;
+    let mut ebpf = configure(sizes).load(EBPF_OBJECT).map_err(Error::Load)?;
+    write_lines(&mut ebpf, sampling, sizes)?;
     program::<Xdp>(&mut ebpf, names::PROG_CLOCK)?
         .load()
         .map_err(|source| Error::Program {
@@ -120,52 +119,37 @@ pub fn load_object(sampling: u32, sizes: &Sizes) -> Result<Ebpf, Error> {
     Ok(ebpf)
 }
 
-/// The values the loader writes into the object's globals: every CPU's
-/// line (sampling threshold, cache layout) and the threshold of CPUs beyond
-/// them.
-pub struct Globals {
-    samplers: Box<[Sampler; SAMPLER_CPUS]>,
-    threshold: u32,
-}
-
-impl Globals {
-    /// The globals for 1-in-`sampling` sampling and caches of `sizes`.
-    pub fn new(sampling: u32, sizes: &Sizes) -> Self {
-        let threshold = sample_threshold(sampling);
-        let mut samplers = Box::new([Sampler::new(threshold); SAMPLER_CPUS]);
-        for (cpu, sampler) in samplers.iter_mut().enumerate() {
-            *sampler = match sizes.cache_bits {
-                Some(bits) if (cpu as u32) < sizes.cpus => {
-                    Sampler::with_cache(threshold, cpu as u32, sizes.cpus, bits)
-                }
-                // No cache: a base past any array's end makes the
-                // programs' cache lookup fail its bounds check, so every
-                // flow goes to the hash maps.
-                _ => Sampler {
-                    cache_base: [u32::MAX / 2; 2],
-                    ..Sampler::new(threshold)
-                },
-            };
-        }
-        Globals {
-            samplers,
-            threshold,
-        }
-    }
-}
-
-/// A loader with these globals and maps of `sizes`.
-pub fn configure<'a>(globals: &'a Globals, sizes: &Sizes) -> EbpfLoader<'a> {
+/// A loader for maps of `sizes`.
+pub fn configure(sizes: &Sizes) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    loader.override_global(names::SAMPLERS, &*globals.samplers, true);
-    loader.override_global(names::SAMPLE_THRESHOLD, &globals.threshold, true);
     for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
         loader.map_max_entries(name, sizes.max_flows);
     }
     for name in [names::CACHE_V4, names::CACHE_V6] {
         loader.map_max_entries(name, sizes.cache_array_entries());
     }
+    loader.map_max_entries(names::CPUS, sizes.cpus);
     loader
+}
+
+/// Writes every CPU's line of a freshly loaded object (before any program
+/// is attached): the threshold for 1-in-`sampling` sampling and where its
+/// caches of `sizes` are.
+pub fn write_lines(ebpf: &mut Ebpf, sampling: u32, sizes: &Sizes) -> Result<(), Error> {
+    let threshold = sample_threshold(sampling);
+    let map = ebpf
+        .map(names::CPUS)
+        .ok_or_else(|| Error::Lines(format!("map {} missing from the object", names::CPUS)))?;
+    let aya::maps::Map::Array(data) = map else {
+        return Err(Error::Lines(format!("{} is not an array", names::CPUS)));
+    };
+    let lines = MappedArray::<CpuLine>::new(data).map_err(|e| Error::Lines(e.to_string()))?;
+    for cpu in 0..lines.len() {
+        let line = CpuLine::new(threshold, cpu as u32, sizes.cpus, sizes.cache_bits);
+        // SAFETY: in bounds; no program runs yet, so nothing else touches it.
+        unsafe { lines.as_ptr().add(cpu).write(line) };
+    }
+    Ok(())
 }
 
 /// Loads the object and the programs `config.mode` uses.

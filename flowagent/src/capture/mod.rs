@@ -46,6 +46,9 @@ pub enum Error {
     /// The object could not be loaded (map creation, relocation, BTF).
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The CPUs' lines could not be written.
+    #[error("cannot set up the programs' per-CPU lines: {0}")]
+    Lines(String),
     /// The possible CPUs could not be read.
     #[error("cannot read the possible CPUs: {0}")]
     Cpus(String),

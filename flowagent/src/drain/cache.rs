@@ -11,22 +11,24 @@
 //! flow into one record, so a flow still gives exactly one record.
 //!
 //! Invariant: only the slot the programs no longer write (after the
-//! drain's barrier) is read or written here, and every entry read is
+//! drain's flip) is read or written here, and every entry read is
 //! zeroed, which is what the programs take for an empty entry.
 
-use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-};
+use std::io;
 
 use aya::maps::MapData;
 use flowagent_common::{CachedV4, CachedV6, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, cache_index};
 
+use super::sys::MappedArray;
 use crate::flow::merge_per_cpu;
 
 /// A cache entry type and its key.
-pub trait Entry: Copy + Send + 'static {
+pub trait Entry: aya::Pod + Send + Sync {
+    /// An empty entry (all zero bytes, as the programs take it).
+    fn zeroed() -> Self {
+        // SAFETY: Pod: all-zero bytes are a valid value.
+        unsafe { std::mem::zeroed() }
+    }
     /// The flow key.
     type Key: Copy + PartialEq;
     /// The entry's key.
@@ -71,16 +73,21 @@ impl Entry for CachedV6 {
     }
 }
 
+/// Where the entries are.
+#[derive(Debug)]
+enum Memory<E> {
+    /// The array, mapped.
+    Mapped(MappedArray<E>),
+    /// Entries in plain memory, laid out the same way (tests without a
+    /// kernel).
+    #[cfg(test)]
+    Owned(Vec<E>),
+}
+
 /// One family's cache array: every CPU's cache for both slots.
 #[derive(Debug)]
 pub struct Cache<E> {
-    /// The first entry.
-    base: NonNull<E>,
-    /// Bytes mapped from the array's fd, unmapped on drop; 0 when the
-    /// entries are in `owned` instead.
-    mapped: usize,
-    /// Entries in plain memory (tests without a kernel); empty when mapped.
-    _owned: Vec<E>,
+    memory: Memory<E>,
     /// Possible CPUs the array is laid out for.
     cpus: u32,
     /// log2 of the entries per CPU and slot; None: the programs run
@@ -88,52 +95,16 @@ pub struct Cache<E> {
     bits: Option<u32>,
 }
 
-// SAFETY: the entries are plain memory owned by this value; concurrent
-// access from the drain's threads follows the rules of `absorb` and `scan`
-// (disjoint entries per thread).
-unsafe impl<E: Send> Send for Cache<E> {}
-// SAFETY: as above.
-unsafe impl<E: Send> Sync for Cache<E> {}
-
-impl<E> Drop for Cache<E> {
-    fn drop(&mut self) {
-        if self.mapped > 0 {
-            // SAFETY: the mapping made in `map` with this length, not yet
-            // unmapped, and no reference into it outlives `self`.
-            unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
-        }
-    }
-}
-
 impl<E: Entry> Cache<E> {
-    /// Maps the cache array `data` (max_entries entries of `E`) laid out
-    /// for `cpus` CPUs. An array too small to give every CPU an entry per
-    /// slot means the programs run without a cache.
+    /// Maps the cache array `data` laid out for `cpus` CPUs. An array too
+    /// small to give every CPU an entry per slot means the programs run
+    /// without a cache.
     pub fn map(data: &MapData, cpus: u32) -> io::Result<Self> {
-        let entries = data.info().map_err(io::Error::other)?.max_entries();
-        let per_cpu = entries / (SLOTS * cpus.max(1));
+        let mapped = MappedArray::new(data)?;
+        let per_cpu = mapped.len() as u32 / (SLOTS * cpus.max(1));
         let bits = (per_cpu > 0 && per_cpu.is_power_of_two()).then(|| per_cpu.trailing_zeros());
-        let bytes = (entries as usize * size_of::<E>()).next_multiple_of(page_size());
-        // SAFETY: a fresh shared mapping of the map's fd, which the kernel
-        // allows for a BPF_F_MMAPABLE array; the length covers its values.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Self {
-            base,
-            mapped: bytes,
-            _owned: Vec::new(),
+            memory: Memory::Mapped(mapped),
             cpus: cpus.max(1),
             bits,
         })
@@ -143,16 +114,18 @@ impl<E: Entry> Cache<E> {
     #[cfg(test)]
     pub fn owned(cpus: u32, bits: u32) -> Self {
         let entries = (SLOTS * cpus) << bits;
-        // SAFETY: every `Entry` type is Pod: all-zero bytes are a valid,
-        // empty entry.
-        let zero = unsafe { std::mem::zeroed::<E>() };
-        let mut owned = vec![zero; entries as usize];
         Self {
-            base: NonNull::new(owned.as_mut_ptr()).expect("a vector's pointer"),
-            mapped: 0,
-            _owned: owned,
+            memory: Memory::Owned(vec![E::zeroed(); entries as usize]),
             cpus,
             bits: Some(bits),
+        }
+    }
+
+    fn base(&self) -> *mut E {
+        match &self.memory {
+            Memory::Mapped(m) => m.as_ptr(),
+            #[cfg(test)]
+            Memory::Owned(v) => v.as_ptr().cast_mut(),
         }
     }
 
@@ -168,7 +141,7 @@ impl<E: Entry> Cache<E> {
         // SAFETY: slot < SLOTS, cpu < cpus and at < 1 << bits keep the index
         // inside the array (callers guarantee the first two, the mask the
         // third).
-        unsafe { self.base.as_ptr().add(index as usize) }
+        unsafe { self.base().add(index as usize) }
     }
 
     /// Folds `stats`, a hash-map copy of `key`'s flow in `slot`, into the
@@ -248,12 +221,6 @@ impl<E: Entry> Cache<E> {
         }
         read
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(1)
 }
 
 #[cfg(test)]

@@ -2,35 +2,39 @@
 //! the programs still writing the old one, then read and empty it.
 //!
 //! Why nothing is lost or doubled: each packet is counted in exactly one slot
-//! (the one its program run read from `CONTROL`). After the flip, the
-//! [`sys::Barrier`] returns only when every program run that could have read
-//! the old slot number has finished, so the old slot is complete and
-//! quiescent; it is then read and deleted in one batch pass. Packets arriving
+//! (the one its program run read from its CPU's line). After the flip,
+//! [`slots::Slots::flip`] returns only when every program run that could
+//! have read the old slot number has finished, so the old slot is complete
+//! and quiescent; it is then read and emptied in one pass. Packets arriving
 //! meanwhile go to the new slot and are reported next interval. A plain
 //! iterate-then-delete on a live map would lose updates between the read and
 //! the delete.
 //!
-//! Cost (drain bench, 1M IPv4 flows, 2 CPUs): the kernel's batch walk is
-//! about 0.45 us per entry whether or not it deletes (bucket, element and
-//! one per-CPU value per CPU are cache misses), so it bounds a
-//! single-threaded drain near 2.2 M entries/s. The walk is therefore split
-//! over threads by hash bucket ([`build`]). Userspace adds the page faults
-//! of the record buffers, which [`records::Pool`] avoids by reusing the
-//! buffers of batches the outputs are done with, and little else: interface
-//! names come from one snapshot per drain (no lock per record) and jiffies
-//! convert with integer math. Measured (1M flows, 2 threads, buffers
-//! reused, quiet VM): 266 ms for the whole drain, of which the kernel's
-//! two-thread walk alone is ~230 ms and the RCU barrier ~8 ms.
+//! A slot of one family is a per-CPU hash map and every CPU's flow cache
+//! (see [`cache`]): most flows are in the caches, read through a memory
+//! mapping; the hash map holds the flows whose cache entry another flow
+//! took, and is walked first so that a flow found in both gives one record.
+//!
+//! Cost of the hash walk (drain bench, 1M IPv4 flows, 2 CPUs, no cache): the
+//! kernel's batch walk is about 0.45 us per entry whether or not it deletes
+//! (bucket, element and one per-CPU value per CPU are cache misses), so it
+//! bounds a single-threaded walk near 2.2 M entries/s. The walk is therefore
+//! split over threads by hash bucket ([`build`]), and so is the cache scan.
+//! Userspace adds the page faults of the record buffers, which
+//! [`records::Pool`] avoids by reusing the buffers of batches the outputs
+//! are done with, and little else: interface names come from one snapshot
+//! per drain (no lock per record) and jiffies convert with integer math.
 
 mod build;
 pub mod cache;
 pub mod clock;
 pub mod records;
+pub mod slots;
 pub mod sys;
 
 use std::{
     num::NonZeroUsize,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     time::{Duration, SystemTime},
 };
 
@@ -49,6 +53,7 @@ use self::{
     cache::{Cache, Entry},
     clock::KernelClock,
     records::Pool,
+    slots::Slots,
 };
 use crate::capture::IfNames;
 
@@ -63,6 +68,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A program run did not end.
+    #[error(transparent)]
+    Stalled(#[from] slots::Stalled),
     /// The jiffies clock could not be calibrated.
     #[error("kernel clock: {0}")]
     Clock(String),
@@ -110,9 +118,8 @@ pub struct Maps {
     v4: Family<CachedV4>,
     v6: Family<CachedV6>,
     counters: PerCpuArray<MapData, u64>,
-    control: Array<MapData, u32>,
-    /// A second fd of `CONTROL`, the template of the barrier map.
-    control_fd: OwnedFd,
+    /// Every CPU's line: the slot its programs write, their runs.
+    slots: Slots,
     /// Jiffies to wall-clock time (the clock program and its map).
     clock: KernelClock,
 }
@@ -172,31 +179,13 @@ fn buckets(data: &MapData, name: &'static str) -> Result<u32, Error> {
 }
 
 impl Maps {
-    /// Takes the flow, counter, control and clock maps out of `ebpf` (whose
+    /// Takes the flow, cache, counter, CPU-line and clock maps out of `ebpf` (whose
     /// clock program must be loaded) and calibrates the clock.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         let map_err = |name| {
             move |e: aya::maps::MapError| Error::Map {
                 name,
                 reason: e.to_string(),
-            }
-        };
-        let control = take(ebpf, names::CONTROL)?;
-        let control_fd = match &control {
-            Map::Array(data) => {
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| Error::Syscall {
-                        what: "duplicating the CONTROL map fd",
-                        source,
-                    })?
-            }
-            other => {
-                return Err(Error::Map {
-                    name: names::CONTROL,
-                    reason: format!("expected an array, found {other:?}"),
-                });
             }
         };
         let clock_prog = ebpf
@@ -232,8 +221,20 @@ impl Maps {
             clock: KernelClock::new(clock_prog, clock_map)?,
             counters: PerCpuArray::try_from(take(ebpf, names::COUNTERS)?)
                 .map_err(map_err(names::COUNTERS))?,
-            control: Array::try_from(control).map_err(map_err(names::CONTROL))?,
-            control_fd,
+            slots: Slots::new(match take(ebpf, names::CPUS)? {
+                Map::Array(data) => {
+                    sys::MappedArray::new(&data).map_err(|source| Error::Syscall {
+                        what: "mapping the CPUs' lines into memory",
+                        source,
+                    })?
+                }
+                other => {
+                    return Err(Error::Map {
+                        name: names::CPUS,
+                        reason: format!("expected an array, found {other:?}"),
+                    });
+                }
+            }),
         })
     }
 }
@@ -243,12 +244,13 @@ impl Maps {
 /// separate part of the batch.
 pub const MAX_THREADS: usize = 4;
 
-/// Entries per walking thread below which a map is walked by fewer
-/// threads. Measured (drain bench, 2 CPUs, shared VM): at 30k flows a
-/// second thread shortened the drain not at all and cost ~1.5x the CPU (on
-/// a small table a single walker finds much of the map in cache); from
-/// 100k flows on, two threads cut the wall time by a third or more.
-const MIN_ENTRIES_PER_THREAD: usize = 32 * 1024;
+/// Entries (hash-map entries, or cache entries scanned) per thread below
+/// which fewer threads are used. Measured (drain bench, 2 CPUs, 100k flows
+/// of which ~30k in the hash map): a second thread on the hash walk took
+/// the drain from 26 to 16 ms at the same CPU. The kernel's walk costs
+/// ~0.45 us per entry, so 8k entries are ~4 ms, well above a thread's
+/// start-up; at 10k flows (~3k in the hash map) one thread walks.
+const MIN_ENTRIES_PER_THREAD: usize = 8 * 1024;
 
 /// Threads (at most `threads`) for a map holding `entries` entries.
 fn threads_for(threads: usize, entries: usize) -> usize {
@@ -342,7 +344,6 @@ impl<E: Entry> Family<E> {
 /// Drains the maps every interval and sends the batches on.
 pub struct Drainer {
     maps: Maps,
-    barrier: sys::Barrier,
     /// The slot the programs write now.
     slot: u32,
     cpus: usize,
@@ -358,6 +359,8 @@ pub struct Drainer {
     last_drain: SystemTime,
     out: mpsc::Sender<Batch>,
     dropped_records: u64,
+    /// Program runs in progress the flips waited for, since the start.
+    waited_for_runs: u64,
 }
 
 impl Drainer {
@@ -369,11 +372,6 @@ impl Drainer {
         interval: Duration,
         out: mpsc::Sender<Batch>,
     ) -> Result<Self, Error> {
-        let barrier =
-            sys::Barrier::new(maps.control_fd.as_fd()).map_err(|source| Error::Syscall {
-                what: "creating the drain barrier map",
-                source,
-            })?;
         let cpus = possible_cpus()?;
         // One walking thread per CPU this process may run on.
         let threads = std::thread::available_parallelism()
@@ -381,7 +379,6 @@ impl Drainer {
             .min(MAX_THREADS);
         Ok(Self {
             maps,
-            barrier,
             slot: 0,
             cpus,
             threads,
@@ -393,6 +390,7 @@ impl Drainer {
             last_drain: SystemTime::now(),
             out,
             dropped_records: 0,
+            waited_for_runs: 0,
         })
     }
 
@@ -421,6 +419,12 @@ impl Drainer {
             }
             Err(e) => warn!("final drain failed: {e}"),
         }
+    }
+
+    /// Program runs that were in progress when a flip happened, which the
+    /// drain waited for before reading the old slot, since the start.
+    pub fn waited_for_runs(&self) -> u64 {
+        self.waited_for_runs
     }
 
     /// Walks large maps with `threads` threads (clamped to 1..=[`MAX_THREADS`])
@@ -452,17 +456,13 @@ impl Drainer {
     pub fn drain(&mut self) -> Result<Batch, Error> {
         let old = self.slot;
         let new = (old + 1) % SLOTS;
-        self.maps.control.set(0, new, 0).map_err(|e| Error::Map {
-            name: names::CONTROL,
-            reason: e.to_string(),
-        })?;
-        self.slot = new;
         let started = std::time::Instant::now();
-        self.barrier.wait().map_err(|source| Error::Syscall {
-            what: "waiting for programs to leave the old slot",
-            source,
-        })?;
-        let barrier = started.elapsed();
+        // The lines name the new slot even when the wait fails: the old one
+        // is then drained at the next flip back, its packets a interval late
+        // but not lost.
+        self.slot = new;
+        self.waited_for_runs += self.maps.slots.flip(new)? as u64;
+        let flip = started.elapsed();
         let end = SystemTime::now();
         let clock = self.maps.clock.snapshot()?;
         let names = build::Names::new(&self.names.snapshot());
@@ -480,7 +480,7 @@ impl Drainer {
         for lane in &mut self.lanes {
             lane.part = self.pool.take();
         }
-        // The counters are quiescent after the barrier too. The entries the
+        // The counters are quiescent after the flip too. The entries the
         // programs created say how large each map is: the walk is sized by
         // them, and skipped for a map that is empty (walking an empty 1M-
         // bucket map still locks every bucket: ~16 ms).
@@ -511,7 +511,7 @@ impl Drainer {
         let parts = self.lanes.iter_mut().map(|l| std::mem::take(&mut l.part));
         let records = Records::pooled(parts.collect(), self.pool.clone());
         debug!(
-            "drained slot {old}: {n4:?} IPv4 + {n6:?} IPv6 entries in {:?} (barrier {barrier:?})",
+            "drained slot {old}: {n4:?} IPv4 + {n6:?} IPv6 entries in {:?} (flip {flip:?})",
             started.elapsed()
         );
         self.names.expire(self.interval * 2);
@@ -526,7 +526,7 @@ impl Drainer {
         })
     }
 
-    /// Sums and zeroes the counters of `slot` (quiescent after the barrier).
+    /// Sums and zeroes the counters of `slot` (quiescent after the flip).
     fn take_counters(&mut self, slot: u32) -> Result<Counters, Error> {
         let map_err = |e: aya::maps::MapError| Error::Map {
             name: names::COUNTERS,
@@ -554,9 +554,10 @@ mod tests {
     #[test]
     fn small_maps_are_walked_by_one_thread() {
         assert_eq!(threads_for(2, 0), 1);
-        assert_eq!(threads_for(2, 30_000), 1);
-        assert_eq!(threads_for(2, 100_000), 2);
-        assert_eq!(threads_for(4, 100_000), 3);
+        assert_eq!(threads_for(2, 8_000), 1);
+        assert_eq!(threads_for(2, 30_000), 2);
+        assert_eq!(threads_for(4, 20_000), 2);
+        assert_eq!(threads_for(4, 100_000), 4);
         assert_eq!(threads_for(1, 1_000_000), 1);
     }
 }

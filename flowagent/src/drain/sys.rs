@@ -1,6 +1,6 @@
-//! The bpf(2) commands aya 0.14 does not offer here: creating a map-in-map to
-//! use as an RCU barrier, the batch map commands (LOOKUP_AND_DELETE_BATCH for
-//! the drain; LOOKUP_BATCH and DELETE_BATCH so the bench can measure the
+//! The bpf(2) calls aya 0.14 does not offer here: a memory mapping of an
+//! mmapable array, the batch map commands (LOOKUP_AND_DELETE_BATCH for the
+//! drain; LOOKUP_BATCH and DELETE_BATCH so the bench can measure the
 //! kernel's share), and BPF_PROG_TEST_RUN on a program fd the drain holds
 //! without its `Ebpf`.
 //!
@@ -10,37 +10,13 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
-
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -102,52 +78,79 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// A grace-period barrier for eBPF programs.
-///
-/// Updating any map-in-map from userspace makes the kernel call
-/// `synchronize_rcu()` before the syscall returns ("wait for any running
-/// non-sleepable BPF programs to complete so that userspace ... knows that
-/// all non-sleepable programs that could be running use the new map value",
-/// `maybe_wait_bpf_programs()` in kernel/bpf/syscall.c). XDP and TC programs
-/// run inside RCU read-side sections, so after [`Barrier::wait`] returns no
-/// program run that began before it is still going: a program that read the
-/// old slot number has finished writing the old slot.
+/// A BPF_F_MMAPABLE array map's values mapped into this process: the
+/// programs' writes are seen here and ours there, without a syscall.
 #[derive(Debug)]
-pub struct Barrier {
-    outer: OwnedFd,
-    inner: OwnedFd,
+pub struct MappedArray<T> {
+    base: std::ptr::NonNull<T>,
+    len: usize,
+    bytes: usize,
 }
 
-impl Barrier {
-    /// Creates a one-entry ARRAY_OF_MAPS whose only possible value is `inner`
-    /// (any map fd; its type is the outer map's template).
-    pub fn new(inner: BorrowedFd<'_>) -> io::Result<Self> {
-        let inner = inner.try_clone_to_owned()?;
-        let mut attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-            map_flags: 0,
-            inner_map_fd: inner.as_raw_fd() as u32,
+// SAFETY: the mapping is plain shared memory owned by this value; what may
+// touch which element concurrently is up to the users of `as_ptr`.
+unsafe impl<T: Send> Send for MappedArray<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for MappedArray<T> {}
+
+impl<T: aya::Pod> MappedArray<T> {
+    /// Maps every value of the array `map`, whose values are `T`s.
+    pub fn new(map: &aya::maps::MapData) -> io::Result<Self> {
+        let info = map.info().map_err(io::Error::other)?;
+        if info.value_size() as usize != size_of::<T>() {
+            return Err(io::Error::other(format!(
+                "values of {} bytes, expected {}",
+                info.value_size(),
+                size_of::<T>()
+            )));
+        }
+        let len = info.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (len * size_of::<T>()).next_multiple_of(page.max(1));
+        // SAFETY: a fresh shared mapping of the map's fd, which the kernel
+        // allows for a BPF_F_MMAPABLE array (EINVAL otherwise); the array's
+        // values start at offset 0, elements `round_up(value_size, 8)` apart,
+        // which is `size_of::<T>()` for the 8-aligned types mapped here.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
         };
-        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-        // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-        let outer = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        Ok(Self { outer, inner })
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            std::ptr::NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap: null"))?;
+        Ok(Self { base, len, bytes })
     }
 
-    /// Returns once every eBPF program run in progress at the call has ended.
-    pub fn wait(&self) -> io::Result<()> {
-        let key: u32 = 0;
-        let value: u32 = self.inner.as_raw_fd() as u32;
-        let mut attr = ElemAttr {
-            map_fd: self.outer.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            value: &value as *const u32 as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    /// Elements in the array.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the array has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first element; elements `0..len()` follow it.
+    pub fn as_ptr(&self) -> *mut T {
+        self.base.as_ptr()
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new` with this length, not yet
+        // unmapped; no pointer from `as_ptr` may outlive `self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }
 

@@ -364,7 +364,7 @@ pub fn run(quick: bool) -> Vec<Figure> {
         let wall = median(&walls);
         figures.push(Figure {
             section: SECTION,
-            name: format!("{n} flows: wall time of one drain (flip, barrier, batch read, records)"),
+            name: format!("{n} flows: wall time of one drain (flip, wait, read, records)"),
             value: wall,
             unit: "ms",
             baseline: None,

@@ -22,7 +22,7 @@ use aya::{
         ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
     },
 };
-use flowagent::capture::loader::{Globals, Sizes, configure, load_object, program};
+use flowagent::capture::loader::{Sizes, configure, load_object, program, write_lines};
 use flowagent_common::names;
 
 use super::report::{Figure, median};
@@ -79,10 +79,11 @@ pub fn load(sampling: u32, max_flows: u32) -> Ebpf {
     let Some(path) = std::env::var_os("FLOWAGENT_BENCH_OBJECT") else {
         return load_object(sampling, &sizes).expect("load the eBPF object");
     };
-    let globals = Globals::new(sampling, &sizes);
-    configure(&globals, &sizes)
+    let mut ebpf = configure(&sizes)
         .load_file(&path)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.to_string_lossy()))
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.to_string_lossy()));
+    write_lines(&mut ebpf, sampling, &sizes).expect("write the CPUs' lines");
+    ebpf
 }
 
 /// Loads the object and attaches `prog` in native XDP mode to `iface` in `ns`.
