@@ -140,6 +140,18 @@ impl Agent {
         crate::procfs::rss_kib(self.pid())
     }
 
+    /// Kernel memory of the agent's BPF maps in KiB (see
+    /// [`crate::procfs::bpf_map_kib`]).
+    pub fn bpf_map_kib(&self) -> u64 {
+        crate::procfs::bpf_map_kib(self.pid())
+    }
+
+    /// The part of the agent's RSS that is BPF map memory mapped into it
+    /// (see [`crate::procfs::bpf_mapped_rss_kib`]).
+    pub fn bpf_mapped_rss_kib(&self) -> u64 {
+        crate::procfs::bpf_mapped_rss_kib(self.pid())
+    }
+
     /// The agent's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr")).unwrap_or_default()

@@ -3,6 +3,8 @@
 //! written before any program runs; then verifies the programs the mode
 //! needs.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
@@ -143,6 +145,15 @@ pub fn write_lines(ebpf: &mut Ebpf, sampling: u32, sizes: &Sizes) -> Result<(), 
     let aya::maps::Map::Array(data) = map else {
         return Err(Error::Lines(format!("{} is not an array", names::CPUS)));
     };
+    // A second fd of the map, which the mapping keeps while the object
+    // keeps its own.
+    let data = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())
+        .and_then(|fd| aya::maps::MapData::from_fd(fd).map_err(|e| e.to_string()))
+        .map_err(Error::Lines)?;
     let lines = MappedArray::<CpuLine>::new(data).map_err(|e| Error::Lines(e.to_string()))?;
     for cpu in 0..lines.len() {
         let line = CpuLine::new(threshold, cpu as u32, sizes.cpus, sizes.cache_bits);

@@ -99,7 +99,7 @@ impl<E: Entry> Cache<E> {
     /// Maps the cache array `data` laid out for `cpus` CPUs. An array too
     /// small to give every CPU an entry per slot means the programs run
     /// without a cache.
-    pub fn map(data: &MapData, cpus: u32) -> io::Result<Self> {
+    pub fn map(data: MapData, cpus: u32) -> io::Result<Self> {
         let mapped = MappedArray::new(data)?;
         let per_cpu = mapped.len() as u32 / (SLOTS * cpus.max(1));
         let bits = (per_cpu > 0 && per_cpu.is_power_of_two()).then(|| per_cpu.trailing_zeros());

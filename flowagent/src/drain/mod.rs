@@ -134,7 +134,7 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
 /// Maps the cache array `name`, laid out for `cpus` CPUs.
 fn cache<E: Entry>(ebpf: &mut Ebpf, name: &'static str, cpus: u32) -> Result<Cache<E>, Error> {
     match take(ebpf, name)? {
-        Map::Array(data) => Cache::map(&data, cpus).map_err(|source| Error::Syscall {
+        Map::Array(data) => Cache::map(data, cpus).map_err(|source| Error::Syscall {
             what: "mapping a flow cache into memory",
             source,
         }),
@@ -223,7 +223,7 @@ impl Maps {
                 .map_err(map_err(names::COUNTERS))?,
             slots: Slots::new(match take(ebpf, names::CPUS)? {
                 Map::Array(data) => {
-                    sys::MappedArray::new(&data).map_err(|source| Error::Syscall {
+                    sys::MappedArray::new(data).map_err(|source| Error::Syscall {
                         what: "mapping the CPUs' lines into memory",
                         source,
                     })?

@@ -85,6 +85,9 @@ pub struct MappedArray<T> {
     base: std::ptr::NonNull<T>,
     len: usize,
     bytes: usize,
+    /// The map, kept open so that it is listed with the process's maps
+    /// (the mapping alone would keep it alive, unlisted).
+    _map: aya::maps::MapData,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; what may
@@ -95,7 +98,7 @@ unsafe impl<T: Send> Sync for MappedArray<T> {}
 
 impl<T: aya::Pod> MappedArray<T> {
     /// Maps every value of the array `map`, whose values are `T`s.
-    pub fn new(map: &aya::maps::MapData) -> io::Result<Self> {
+    pub fn new(map: aya::maps::MapData) -> io::Result<Self> {
         let info = map.info().map_err(io::Error::other)?;
         if info.value_size() as usize != size_of::<T>() {
             return Err(io::Error::other(format!(
@@ -127,7 +130,12 @@ impl<T: aya::Pod> MappedArray<T> {
         }
         let base =
             std::ptr::NonNull::new(base.cast()).ok_or_else(|| io::Error::other("mmap: null"))?;
-        Ok(Self { base, len, bytes })
+        Ok(Self {
+            base,
+            len,
+            bytes,
+            _map: map,
+        })
     }
 
     /// Elements in the array.

@@ -28,12 +28,15 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
         &["--iface", "gb", "--interval", "2", "--max-flows", &max],
     );
     let rss_start = agent.rss_kib();
-    let mut rss = Vec::new();
+    let maps_kib = agent.bpf_map_kib();
+    let (mut rss, mut own) = (Vec::new(), Vec::new());
     for _ in 0..intervals {
         trafgen::send(lab.gen_ns.name(), "ga", &conf, per_interval);
         let seen = agent.read().counters.len();
         agent.wait_intervals(seen + 1, Duration::from_secs(30));
-        rss.push(agent.rss_kib() as f64 / 1024.0);
+        let (all, mapped) = (agent.rss_kib(), agent.bpf_mapped_rss_kib());
+        rss.push(all as f64 / 1024.0);
+        own.push(all.saturating_sub(mapped) as f64 / 1024.0);
     }
     let out = agent.stop();
     let sent = intervals * per_interval;
@@ -42,6 +45,10 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
         "{intervals} x {per_interval} packets with random IPv4 sources (a new flow each), --max-flows {max_flows}, --interval 2, native XDP on veth"
     );
     let peak = rss.iter().copied().fold(0.0, f64::max);
+    let own_peak = own.iter().copied().fold(0.0, f64::max);
+    let cache = flowagent::capture::loader::Sizes::new(max_flows, None)
+        .expect("possible CPUs")
+        .cache_entries();
     vec![
         Figure {
             section: SECTION,
@@ -52,6 +59,30 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
             target: None,
             samples: rss,
             conditions: conditions.clone(),
+        },
+        Figure {
+            section: SECTION,
+            name: "agent RSS without the mapped flow caches, peak".into(),
+            value: own_peak,
+            unit: "MiB",
+            baseline: None,
+            target: None,
+            samples: own,
+            conditions: format!(
+                "{conditions}; RSS less the resident part of the BPF maps mapped into the agent (anon_inode:bpf-map in /proc/PID/smaps), which is kernel memory counted below"
+            ),
+        },
+        Figure {
+            section: SECTION,
+            name: "kernel memory of the agent's BPF maps".into(),
+            value: maps_kib as f64 / 1024.0,
+            unit: "MiB",
+            baseline: None,
+            target: None,
+            samples: vec![maps_kib as f64 / 1024.0],
+            conditions: format!(
+                "memlock of every map the agent holds (/proc/PID/fdinfo): flow maps of {max_flows} entries and flow caches of {cache} entries per CPU (the defaults for --max-flows {max_flows} on this machine), both families, both slots"
+            ),
         },
         Figure {
             section: SECTION,
