@@ -83,8 +83,14 @@ pub struct CpuLine {
     /// Program runs begun plus runs ended on this CPU (wrapping): odd while
     /// one is in progress. Written only by the programs on that CPU.
     pub runs: u64,
+    /// At `slot * 2 + family` (family 0: IPv4, 1: IPv6): nonzero once an
+    /// insert into that hash map failed on this CPU (the map is full until
+    /// it is drained), so that later new flows go straight to the overflow
+    /// counters instead of paying for a failed insert each. Set by the
+    /// programs, cleared by the agent after it drained the slot.
+    pub full: [u32; 4],
     /// Explicit padding to the cache line, always zero.
-    pub _pad: [u64; 4],
+    pub _pad: [u64; 2],
 }
 
 impl CpuLine {
@@ -111,7 +117,8 @@ impl CpuLine {
             cache_mask,
             slot: 0,
             runs: 0,
-            _pad: [0; 4],
+            full: [0; 4],
+            _pad: [0; 2],
         }
     }
 }

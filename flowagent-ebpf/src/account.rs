@@ -108,6 +108,8 @@ pub fn account<C: EbpfContext, F: Frame>(
 /// A key type with its flow caches, one flow map per slot and a way to ask
 /// the FIB about it.
 trait FlowKey: Copy + 'static {
+    /// The family's index in a CPU line's `full` marks: 0 IPv4, 1 IPv6.
+    const FAMILY: u32;
     /// The counter of entries created in this key's maps.
     const CREATED: Counter;
     /// The counter of entries filled in this key's caches.
@@ -143,6 +145,7 @@ fn same_words<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
 }
 
 impl FlowKey for FlowKeyV4 {
+    const FAMILY: u32 = 0;
     const CREATED: Counter = Counter::FlowsV4;
     const CACHED: Counter = Counter::CachedV4;
     type Cached = CachedV4;
@@ -196,6 +199,7 @@ impl FlowKey for FlowKeyV4 {
 }
 
 impl FlowKey for FlowKeyV6 {
+    const FAMILY: u32 = 1;
     const CREATED: Counter = Counter::FlowsV6;
     const CACHED: Counter = Counter::CachedV6;
     type Cached = CachedV6;
@@ -315,27 +319,50 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
         add(stats, meta, now);
         return;
     }
-    let mut stats = FlowStats::default();
-    init(ctx, &mut stats, job, now);
-    add(&mut stats, meta, now);
-    match map.insert(key, stats, BPF_NOEXIST as u64) {
-        Ok(()) => count_entry(SLOT, K::CREATED as u32),
-        Err(err) if err == -EEXIST => {
-            // Another CPU inserted the key between our lookup and insert.
-            if let Some(existing) = map.get_ptr_mut(key) {
-                // SAFETY: as above, this CPU's copy.
-                let existing = unsafe { &mut *existing };
-                if existing.packets == 0 {
-                    *existing = stats;
-                } else {
-                    add(existing, meta, now);
-                }
-            } else {
-                overflow(ctx, SLOT, meta);
-            }
-        }
-        Err(_) => overflow(ctx, SLOT, meta),
+    // A failed insert locks the bucket and searches every CPU's free list
+    // (~150 ns here); once one failed, the map stays full until drained.
+    if job.cpu.map_full(SLOT, K::FAMILY) {
+        overflow(ctx, SLOT, meta);
+        return;
     }
+    // The FIB is asked only once the insert has succeeded: under a flood
+    // of new flows the map is full, and the lookup would be wasted on
+    // every packet that goes to the overflow counters.
+    let mut stats = FlowStats::default();
+    first_packet(&mut stats, job, now);
+    add(&mut stats, meta, now);
+    let ours = match map.insert(key, stats, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count_entry(SLOT, K::CREATED as u32);
+            true
+        }
+        // Another CPU inserted the key between our lookup and insert: this
+        // CPU's copy is zero, and the packet not counted yet.
+        Err(err) if err == -EEXIST => false,
+        Err(_) => {
+            job.cpu.set_map_full(SLOT, K::FAMILY);
+            overflow(ctx, SLOT, meta);
+            return;
+        }
+    };
+    let Some(value) = map.get_ptr_mut(key) else {
+        // Deleted in between (only a drain of this slot could, which waits
+        // for this run): count the packet rather than lose it.
+        if !ours {
+            overflow(ctx, SLOT, meta);
+        }
+        return;
+    };
+    // SAFETY: as above, this CPU's copy.
+    let value = unsafe { &mut *value };
+    if !ours {
+        if value.packets != 0 {
+            add(value, meta, now);
+            return;
+        }
+        *value = stats;
+    }
+    route(ctx, value, job);
 }
 
 #[inline(always)]
@@ -354,10 +381,26 @@ fn init<C: EbpfContext, K: FlowKey, F: Frame>(
     job: &Job<'_, K, F>,
     now: u64,
 ) {
+    first_packet(stats, job, now);
+    route(ctx, stats, job);
+}
+
+/// The first-packet fields that come from the packet itself.
+#[inline(always)]
+fn first_packet<K: FlowKey, F: Frame>(stats: &mut FlowStats, job: &Job<'_, K, F>, now: u64) {
     stats.first_seen = now;
     stats.tos = job.meta.tos;
     stats.src_mac = src_mac(job.frame);
     stats.other_ifindex = job.obs.other_ifindex;
+}
+
+/// The FIB's egress interface and gateway, for an ingress flow.
+#[inline(always)]
+fn route<C: EbpfContext, K: FlowKey, F: Frame>(
+    ctx: &C,
+    stats: &mut FlowStats,
+    job: &Job<'_, K, F>,
+) {
     if job.obs.direction == DIRECTION_INGRESS {
         fib_lookup(ctx, stats, job);
     }

@@ -147,6 +147,24 @@ impl Cpu {
         unsafe { count_run(&raw mut (*self.line).runs) };
     }
 
+    /// Whether an insert into the hash map of `family` (0: IPv4, 1: IPv6)
+    /// in `slot` failed on this CPU since the agent last drained it.
+    #[inline(always)]
+    pub fn map_full(self, slot: u32, family: u32) -> bool {
+        let at = ((slot & 1) * 2 + (family & 1)) as usize;
+        // SAFETY: this CPU's line; volatile, as the agent clears it.
+        unsafe { core::ptr::read_volatile(&raw const (*self.line).full[at]) != 0 }
+    }
+
+    /// Notes that an insert into the hash map of `family` in `slot` failed.
+    #[inline(always)]
+    pub fn set_map_full(self, slot: u32, family: u32) {
+        let at = ((slot & 1) * 2 + (family & 1)) as usize;
+        // SAFETY: this CPU's line; the agent only clears it for a slot no
+        // program writes.
+        unsafe { core::ptr::write_volatile(&raw mut (*self.line).full[at], 1) };
+    }
+
     /// The index in the cache arrays of the entry for a key hashing to
     /// `hash` in this CPU's cache of `slot` (0 or 1).
     #[inline(always)]

@@ -17,13 +17,19 @@ use flowagent::{
     drain::{Drainer, Maps},
     flow::FlowRecord,
 };
-use flowagent_common::{FlowKeyV4, FlowKeyV6, FlowStats, names};
+use flowagent_common::{Counter, FlowKeyV4, FlowKeyV6, FlowStats, names};
 use flowagent_tests::bench::kernel::{frame_v4, frame_v6};
 
 /// The object with maps of 1024 flows and caches of `cache` entries per
 /// CPU (0: none), its XDP program loaded.
 fn loaded(sampling: u32, cache: u32) -> Ebpf {
-    let sizes = Sizes::new(1024, Some(cache)).expect("possible CPUs");
+    loaded_with(sampling, 1024, cache)
+}
+
+/// The object with maps of `max_flows` flows and caches of `cache` entries
+/// per CPU (0: none), its XDP program loaded.
+fn loaded_with(sampling: u32, max_flows: u32, cache: u32) -> Ebpf {
+    let sizes = Sizes::new(max_flows, Some(cache)).expect("possible CPUs");
     let mut ebpf = load_object(sampling, &sizes).expect("load");
     program::<Xdp>(&mut ebpf, names::PROG_XDP)
         .expect("program")
@@ -185,6 +191,34 @@ fn drains_racing_with_running_programs_lose_and_double_nothing() {
         drainer.waited_for_runs() > 0,
         "no flip of {drains} found a program run in progress"
     );
+}
+
+/// A full IPv4 map sends new IPv4 flows to the overflow counters, but not
+/// IPv6 ones (each family has its own map and its own map-full mark), and
+/// once drained the slot takes new flows again.
+#[test]
+fn a_full_map_overflows_until_it_is_drained() {
+    let mut ebpf = loaded_with(1, 16, 0);
+    let mut drainer = drainer(&mut ebpf);
+    let send = |ebpf: &mut Ebpf, hosts: std::ops::RangeInclusive<u8>| {
+        for host in hosts {
+            test_run(ebpf, &frame_from(host), 1);
+        }
+    };
+    // Slot 0: 20 IPv4 flows into 16 entries, then an IPv6 flow.
+    send(&mut ebpf, 1..=20);
+    test_run(&mut ebpf, &frame_v6(), 5);
+    let batch = drainer.drain().expect("drain");
+    let v6 = batch.records.iter().filter(|r| r.src.is_ipv6()).count();
+    assert_eq!((batch.records.len(), v6), (17, 1));
+    assert_eq!(batch.counters.get(Counter::OverflowPackets), 4);
+    // Slot 1, then slot 0 again: it was emptied, so it takes new flows.
+    let batch = drainer.drain().expect("drain");
+    assert_eq!(batch.records.len(), 0);
+    send(&mut ebpf, 21..=23);
+    let batch = drainer.drain().expect("drain");
+    assert_eq!(batch.records.len(), 3);
+    assert_eq!(batch.counters.get(Counter::OverflowPackets), 0);
 }
 
 #[test]

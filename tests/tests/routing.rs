@@ -88,8 +88,23 @@ fn one<'a>(out: &'a Output, dst: &str, direction: &str) -> &'a serde_json::Value
 
 #[test]
 fn xdp_ingress_flows_carry_the_fib_egress_interface() {
+    fib_egress_interface("1024");
+}
+
+/// The same through the hash maps (no flow cache), where the FIB is asked
+/// after the insert.
+#[test]
+fn xdp_ingress_flows_in_the_hash_map_carry_the_fib_egress_interface() {
+    fib_egress_interface("0");
+}
+
+/// Three flows through the router, observed in XDP with `--flow-cache cache`.
+fn fib_egress_interface(cache: &str) {
     let r = router();
-    let agent = Agent::start(&r.router, &["--iface", "gb", "--interval", "60"]);
+    let agent = Agent::start(
+        &r.router,
+        &["--iface", "gb", "--interval", "60", "--flow-cache", cache],
+    );
     send_three(&r);
     let out = agent.stop();
     // Connected destination: out of gc, no gateway.

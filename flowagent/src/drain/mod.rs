@@ -501,6 +501,8 @@ impl Drainer {
             .maps
             .v6
             .drain(&builder, old, &mut self.lanes, created[1])?;
+        // Both hash maps of the old slot are empty again.
+        self.maps.slots.clear_full(old);
         if [n4, n6] != created {
             // Only after a failed walk (the map kept entries the counter no
             // longer counts) or a bug: say so, the records are right anyway.

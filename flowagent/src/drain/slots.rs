@@ -65,6 +65,21 @@ impl Slots {
         unsafe { AtomicU32::from_ptr(&raw mut (*self.lines.as_ptr().add(cpu)).slot) }
     }
 
+    /// Clears every CPU's map-full mark of `slot`, which the drain has
+    /// just emptied. Only for a slot no program writes.
+    pub fn clear_full(&self, slot: u32) {
+        for cpu in 0..self.lines.len() {
+            // SAFETY: as in `runs`; the programs write this mark only for
+            // the slot they write, which is not `slot`.
+            let full = unsafe {
+                AtomicU32::from_ptr(
+                    &raw mut (*self.lines.as_ptr().add(cpu)).full[(slot & 1) as usize],
+                )
+            };
+            full.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Points every CPU's programs at `slot` and returns once no program
     /// run that may have read the other slot is still going; Ok holds the
     /// number of CPUs whose run in progress it waited for.
