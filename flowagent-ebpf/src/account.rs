@@ -293,7 +293,7 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
         let (cached_key, stats) = K::parts(entry);
         // SAFETY: this CPU's own cache entry: only programs on this CPU
         // write it, and they do not nest; the agent touches it only after
-        // the slot's barrier.
+        // the flip that retired the slot.
         let (cached_key, stats) = unsafe { (&mut *cached_key, &mut *stats) };
         if stats.packets != 0 && cached_key.same(key) {
             add(stats, meta, now);

@@ -20,7 +20,7 @@ use flowagent_common::{
     FlowStats, SLOTS,
 };
 
-/// Every CPU's IPv4 flow cache for both slots (layout: [`Sampler`]); the
+/// Every CPU's IPv4 flow cache for both slots (layout: `CpuLine::new`); the
 /// agent sizes it at load time and reads it through a memory mapping.
 #[map]
 pub static CACHE_V4: Array<CachedV4> = Array::with_max_entries(1, BPF_F_MMAPABLE);

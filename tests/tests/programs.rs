@@ -81,13 +81,16 @@ fn drainer(ebpf: &mut Ebpf) -> Drainer {
     Drainer::new(maps, IfNames::default(), 1, Duration::from_secs(10), tx).expect("drainer")
 }
 
-/// One drain of `ebpf`'s maps and caches by the agent's drainer, records
-/// sorted by source address.
-fn drain(ebpf: &mut Ebpf) -> Vec<FlowRecord> {
+/// One drain of `ebpf`'s maps and caches by the agent's drainer: source
+/// address, packets and bytes of each record, sorted by source address.
+fn drained(ebpf: &mut Ebpf) -> Vec<(String, u64, u64)> {
     let batch = drainer(ebpf).drain().expect("drain");
-    let mut records: Vec<FlowRecord> = batch.records.iter().cloned().collect();
+    let mut records: Vec<&FlowRecord> = batch.records.iter().collect();
     records.sort_by_key(|r| r.src);
     records
+        .iter()
+        .map(|r| (r.src.to_string(), r.packets, r.bytes))
+        .collect()
 }
 
 /// The IPv4 test frame with source address 10.50.0.`host`.
@@ -109,13 +112,8 @@ fn cached_flows_drain_exactly() {
             PerCpuHashMap::try_from(ebpf.map(name).unwrap()).unwrap();
         assert_eq!(map.keys().count(), 0, "{name}");
     }
-    let records = drain(&mut ebpf);
-    let got: Vec<_> = records
-        .iter()
-        .map(|r| (r.src.to_string(), r.packets, r.bytes))
-        .collect();
     assert_eq!(
-        got,
+        drained(&mut ebpf),
         [
             ("10.50.0.1".to_owned(), 1000, 1000 * 46),
             ("2001:db8:50::1".to_owned(), 700, 700 * 50)
@@ -139,13 +137,8 @@ fn flows_that_miss_the_cache_are_merged_into_one_record() {
     // CPU 1: flow 1 takes this CPU's entry, flow 3 goes to the hash map.
     test_run(&mut ebpf, &frame_from(1), 11);
     test_run(&mut ebpf, &frame_from(3), 5);
-    let records = drain(&mut ebpf);
-    let got: Vec<_> = records
-        .iter()
-        .map(|r| (r.src.to_string(), r.packets, r.bytes))
-        .collect();
     assert_eq!(
-        got,
+        drained(&mut ebpf),
         [
             ("10.50.0.1".to_owned(), 111, 111 * 46),
             ("10.50.0.2".to_owned(), 30, 30 * 46),

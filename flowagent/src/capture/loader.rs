@@ -18,7 +18,7 @@ use crate::drain::sys::MappedArray;
 /// The object built from flowagent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowagent"));
 
-/// The eBPF programs' `SAMPLE_THRESHOLD` for 1-in-`rate` sampling: a packet
+/// The CPU lines' sampling threshold for 1-in-`rate` sampling: a packet
 /// is kept when a uniform random `u32` is below it, so the probability is
 /// `threshold / 2^32`, within 2^-32 of `1 / rate`. 0 keeps every packet.
 pub fn sample_threshold(rate: u32) -> u32 {
