@@ -275,10 +275,13 @@ struct Family<E> {
     buckets: u32,
     /// Every CPU's cache, both slots.
     cache: Cache<E>,
-    /// A walk of one of the maps failed, so the map may hold entries its
-    /// created-entries counter no longer knows of, and the next drain walks
-    /// it whatever the counter says.
-    unclean: bool,
+    /// Per slot: a drain of the slot's map (or of its caches) did not
+    /// complete, so they may hold entries their created-entries counters
+    /// no longer know of, and the next drain of the slot reads them
+    /// whatever the counters say.
+    unclean: [bool; 2],
+    /// The same for the caches.
+    cache_unclean: [bool; 2],
     /// What a failed walk was doing, for its error.
     what: &'static str,
 }
@@ -296,15 +299,16 @@ impl<E: Entry> Family<E> {
             buckets: buckets(&maps[0], names[0])?,
             maps,
             cache: cache(ebpf, cache_name, cpus)?,
-            unclean: false,
+            unclean: [false; 2],
+            cache_unclean: [false; 2],
             what,
         })
     }
 
     /// Drains this family's part of `slot`: its hash map first, folding
     /// entries of flows a cache also holds into the cache, then its caches.
-    /// Each is skipped when the programs created nothing in it (and, for
-    /// the map, the last walk succeeded). Returns the entries found.
+    /// Each is skipped when the programs created nothing in it and the
+    /// last drain of the slot completed. Returns the entries found.
     fn drain(
         &mut self,
         builder: &Builder<'_>,
@@ -317,10 +321,14 @@ impl<E: Entry> Family<E> {
         for<'k> build::KeyParts: From<&'k E::Key>,
     {
         let mut found = Entries::default();
-        if created.hashed > 0 || self.unclean {
-            self.unclean = true;
+        let at = (slot & 1) as usize;
+        let cached = created.cached > 0 || self.cache_unclean[at];
+        // Set until the scan below completes (the walk may fail first).
+        self.cache_unclean[at] = cached;
+        if created.hashed > 0 || self.unclean[at] {
+            self.unclean[at] = true;
             let threads = threads_for(lanes.len(), created.hashed);
-            let with_cache = (created.cached > 0).then_some((&self.cache, slot));
+            let with_cache = cached.then_some((&self.cache, slot));
             let map = self.maps[slot as usize].fd().as_fd();
             found.hashed = builder
                 .drain_map(map, self.buckets, with_cache, &mut lanes[..threads])
@@ -328,14 +336,15 @@ impl<E: Entry> Family<E> {
                     what: self.what,
                     source,
                 })?;
-            self.unclean = false;
+            self.unclean[at] = false;
         }
-        if created.cached > 0 {
+        if cached {
             // The scan reads every CPU's entries of an index, full or not:
             // its size is the cache's, not the flows'.
             let entries = self.cache.entries() as usize * lanes.len().max(1);
             let threads = threads_for(lanes.len(), entries);
             found.cached = builder.scan_cache(&self.cache, slot, &mut lanes[..threads]);
+            self.cache_unclean[at] = false;
         }
         Ok(found)
     }
