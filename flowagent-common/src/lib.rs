@@ -286,6 +286,27 @@ pub struct FlowStats {
 /// hashing (Knuth, TAOCP 6.4) spreads the key's bits into the high bits.
 const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// A flow key as the flow caches use it, the same in the programs and in
+/// the agent: its hash, so that a flow sits at the same index of every
+/// CPU's cache, and a whole-word comparison.
+pub trait CacheKey: Copy {
+    /// The key's hash in the flow cache.
+    fn cache_hash(&self) -> u32;
+    /// Whether two keys are equal, compared word by word.
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// Whether two word arrays are equal: the XOR of each pair ORed together,
+/// so the comparison is straight-line code without a branch per word.
+#[inline(always)]
+fn same_words<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
+    let mut diff = 0;
+    for i in 0..N {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
+}
+
 impl FlowKeyV4 {
     /// The key as five native-order words, for hashing and comparing in
     /// whole-word loads (the eBPF backend splits byte-array compares into
@@ -296,16 +317,21 @@ impl FlowKeyV4 {
         // no implicit padding (asserted below), so it reads as 5 words.
         unsafe { core::mem::transmute_copy(self) }
     }
+}
 
-    /// The key's hash in the flow cache: the same on every CPU and in the
-    /// agent, so a flow sits at the same index of every CPU's cache.
+impl CacheKey for FlowKeyV4 {
     #[inline(always)]
-    pub fn cache_hash(&self) -> u32 {
+    fn cache_hash(&self) -> u32 {
         let w = self.words();
         let a = (w[0] as u64) | ((w[1] as u64) << 32);
         let b = (w[2] as u64) | ((w[3] as u64) << 32);
         let x = (a.wrapping_mul(HASH_MUL) ^ b).wrapping_mul(HASH_MUL) ^ w[4] as u64;
         (x.wrapping_mul(HASH_MUL) >> 32) as u32
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
     }
 }
 
@@ -317,10 +343,11 @@ impl FlowKeyV6 {
         // no implicit padding (asserted below), so it reads as 11 words.
         unsafe { core::mem::transmute_copy(self) }
     }
+}
 
-    /// The key's hash in the flow cache (see [`FlowKeyV4::cache_hash`]).
+impl CacheKey for FlowKeyV6 {
     #[inline(always)]
-    pub fn cache_hash(&self) -> u32 {
+    fn cache_hash(&self) -> u32 {
         let w = self.words();
         let word = |i: usize| (w[i] as u64) | ((w[i + 1] as u64) << 32);
         let mut x = word(0).wrapping_mul(HASH_MUL) ^ word(2);
@@ -330,10 +357,54 @@ impl FlowKeyV6 {
         x = x.wrapping_mul(HASH_MUL) ^ w[10] as u64;
         (x.wrapping_mul(HASH_MUL) >> 32) as u32
     }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
+    }
 }
 
+/// A flow cache entry, as the programs fill it and the agent drains it.
+pub trait CacheEntry: Copy {
+    /// The flow key.
+    type Key: CacheKey;
+    /// The entry's key.
+    fn key(&self) -> &Self::Key;
+    /// The entry's statistics; `packets == 0` means the entry is empty.
+    fn stats(&self) -> &FlowStats;
+    /// The key and statistics, to fill or update the entry.
+    fn parts_mut(&mut self) -> (&mut Self::Key, &mut FlowStats);
+}
+
+/// The same [`CacheEntry`] impl for both entry types.
+macro_rules! cache_entry {
+    ($entry:ty, $key:ty) => {
+        impl CacheEntry for $entry {
+            type Key = $key;
+
+            #[inline(always)]
+            fn key(&self) -> &$key {
+                &self.key
+            }
+
+            #[inline(always)]
+            fn stats(&self) -> &FlowStats {
+                &self.stats
+            }
+
+            #[inline(always)]
+            fn parts_mut(&mut self) -> (&mut $key, &mut FlowStats) {
+                (&mut self.key, &mut self.stats)
+            }
+        }
+    };
+}
+
+cache_entry!(CachedV4, FlowKeyV4);
+cache_entry!(CachedV6, FlowKeyV6);
+
 /// One entry of a CPU's IPv4 flow cache: a direct-mapped table indexed by
-/// [`FlowKeyV4::cache_hash`], one per CPU and slot, in an mmapable array.
+/// [`CacheKey::cache_hash`], one per CPU and slot, in an mmapable array.
 ///
 /// Why a cache in front of the per-CPU hash maps: a hash map update reads
 /// the map's struct, the bucket, the element (two lines) and the per-CPU
@@ -343,8 +414,8 @@ impl FlowKeyV6 {
 /// instead of a syscall per batch. A flow whose entry is taken by another
 /// flow goes to the hash map, as before.
 ///
-/// An entry is empty when `key.ifindex` is 0 (no interface has index 0);
-/// the agent zeroes every entry it drains.
+/// An entry is empty when `stats.packets` is 0 (a filled entry has counted
+/// its first packet); the agent zeroes every entry it drains.
 #[repr(C, align(64))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CachedV4 {

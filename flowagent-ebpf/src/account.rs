@@ -21,7 +21,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use flowagent_common::{
-    CachedV4, CachedV6, Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6, FlowStats,
+    CacheEntry, CacheKey, CachedV4, CachedV6, Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6,
+    FlowStats,
 };
 
 use crate::{
@@ -107,7 +108,7 @@ pub fn account<C: EbpfContext, F: Frame>(
 
 /// A key type with its flow caches, one flow map per slot and a way to ask
 /// the FIB about it.
-trait FlowKey: Copy + 'static {
+trait FlowKey: CacheKey + 'static {
     /// The family's index in a CPU line's `full` marks: 0 IPv4, 1 IPv6.
     const FAMILY: u32;
     /// The counter of entries created in this key's maps.
@@ -115,15 +116,9 @@ trait FlowKey: Copy + 'static {
     /// The counter of entries filled in this key's caches.
     const CACHED: Counter;
     /// The entry type of this key's caches.
-    type Cached;
+    type Cached: CacheEntry<Key = Self>;
     /// The cache entry at `index` of this key's cache array.
     fn cached(index: u32) -> Option<*mut Self::Cached>;
-    /// The key and stats of a cache entry.
-    fn parts(entry: *mut Self::Cached) -> (*mut Self, *mut FlowStats);
-    /// Whether two keys are equal, compared word by word.
-    fn same(&self, other: &Self) -> bool;
-    /// See `FlowKeyV4::cache_hash`.
-    fn hash(&self) -> u32;
     /// The flow map of slot `SLOT`.
     fn map<const SLOT: u32>() -> &'static PerCpuHashMap<Self, FlowStats>;
     /// Fills family and addresses of a FIB request.
@@ -131,17 +126,6 @@ trait FlowKey: Copy + 'static {
     /// The gateway the FIB answered with, as next-hop bytes, if it is one
     /// (a destination left unchanged means on-link: no next hop).
     fn gateway(&self, params: &FibParams) -> Option<[u8; 16]>;
-}
-
-/// Whether two word arrays are equal: the XOR of each pair ORed together,
-/// so the comparison is straight-line code without a branch per word.
-#[inline(always)]
-fn same_words<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
-    let mut diff = 0;
-    for i in 0..N {
-        diff |= a[i] ^ b[i];
-    }
-    diff == 0
 }
 
 impl FlowKey for FlowKeyV4 {
@@ -153,22 +137,6 @@ impl FlowKey for FlowKeyV4 {
     #[inline(always)]
     fn cached(index: u32) -> Option<*mut CachedV4> {
         CACHE_V4.get_ptr_mut(index)
-    }
-
-    #[inline(always)]
-    fn parts(entry: *mut CachedV4) -> (*mut Self, *mut FlowStats) {
-        // SAFETY: projections of a valid entry pointer; nothing is read.
-        unsafe { (&raw mut (*entry).key, &raw mut (*entry).stats) }
-    }
-
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        same_words(&self.words(), &other.words())
-    }
-
-    #[inline(always)]
-    fn hash(&self) -> u32 {
-        self.cache_hash()
     }
 
     #[inline(always)]
@@ -207,22 +175,6 @@ impl FlowKey for FlowKeyV6 {
     #[inline(always)]
     fn cached(index: u32) -> Option<*mut CachedV6> {
         CACHE_V6.get_ptr_mut(index)
-    }
-
-    #[inline(always)]
-    fn parts(entry: *mut CachedV6) -> (*mut Self, *mut FlowStats) {
-        // SAFETY: projections of a valid entry pointer; nothing is read.
-        unsafe { (&raw mut (*entry).key, &raw mut (*entry).stats) }
-    }
-
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        same_words(&self.words(), &other.words())
-    }
-
-    #[inline(always)]
-    fn hash(&self) -> u32 {
-        self.cache_hash()
     }
 
     #[inline(always)]
@@ -289,12 +241,11 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     // The resolution (1/HZ, 1-10 ms) is what flow timestamps need.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, key.hash())) {
-        let (cached_key, stats) = K::parts(entry);
+    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, key.cache_hash())) {
         // SAFETY: this CPU's own cache entry: only programs on this CPU
         // write it, and they do not nest; the agent touches it only after
         // the flip that retired the slot.
-        let (cached_key, stats) = unsafe { (&mut *cached_key, &mut *stats) };
+        let (cached_key, stats) = unsafe { &mut *entry }.parts_mut();
         if stats.packets != 0 && cached_key.same(key) {
             add(stats, meta, now);
             return;

@@ -28,11 +28,7 @@ use crate::{
 /// XDP ingress accounting.
 #[xdp]
 pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
-    let Some(cpu) = maps::Cpu::current() else {
-        return xdp_action::XDP_PASS;
-    };
-    if !cpu.sampled_out() {
-        let run = cpu.enter();
+    maps::if_sampled(|cpu, run| {
         let obs = Observation {
             ifindex: ctx.ingress_ifindex() as u32,
             direction: DIRECTION_INGRESS,
@@ -40,16 +36,9 @@ pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
             other_ifindex: 0,
         };
         let frame = Packet::new(ctx.data(), ctx.data_end());
-        account(
-            &ctx,
-            cpu,
-            &run,
-            frame,
-            (ctx.data_end() - ctx.data()) as u64,
-            &obs,
-        );
-        cpu.leave(run);
-    }
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        account(&ctx, cpu, run, frame, len, &obs);
+    });
     xdp_action::XDP_PASS
 }
 
@@ -92,28 +81,14 @@ pub fn flowagent_clock(_ctx: XdpContext) -> u32 {
 /// TC (tcx/clsact) ingress accounting.
 #[classifier]
 pub fn flowagent_tc_ingress(ctx: TcContext) -> i32 {
-    let Some(cpu) = maps::Cpu::current() else {
-        return TC_ACT_OK;
-    };
-    if !cpu.sampled_out() {
-        let run = cpu.enter();
-        tc_account(&ctx, cpu, &run, DIRECTION_INGRESS);
-        cpu.leave(run);
-    }
+    maps::if_sampled(|cpu, run| tc_account(&ctx, cpu, run, DIRECTION_INGRESS));
     TC_ACT_OK
 }
 
 /// TC (tcx/clsact) egress accounting.
 #[classifier]
 pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
-    let Some(cpu) = maps::Cpu::current() else {
-        return TC_ACT_OK;
-    };
-    if !cpu.sampled_out() {
-        let run = cpu.enter();
-        tc_account(&ctx, cpu, &run, DIRECTION_EGRESS);
-        cpu.leave(run);
-    }
+    maps::if_sampled(|cpu, run| tc_account(&ctx, cpu, run, DIRECTION_EGRESS));
     TC_ACT_OK
 }
 

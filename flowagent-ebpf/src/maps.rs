@@ -75,6 +75,22 @@ pub struct Cpu {
     line: *mut CpuLine,
 }
 
+/// Accounts a packet when this CPU's sampler keeps it: calls `account`
+/// with the CPU and the run between [`Cpu::enter`] and [`Cpu::leave`], so
+/// that no entry point can leave a run open (the drain would wait for it).
+#[inline(always)]
+pub fn if_sampled(account: impl FnOnce(Cpu, &Run)) {
+    let Some(cpu) = Cpu::current() else {
+        return;
+    };
+    if cpu.sampled_out() {
+        return;
+    }
+    let run = cpu.enter();
+    account(cpu, &run);
+    cpu.leave(run);
+}
+
 /// A program run between [`Cpu::enter`] and [`Cpu::leave`]: the slot it
 /// writes.
 pub struct Run {
@@ -86,7 +102,7 @@ impl Cpu {
     /// The CPU this program runs on; None only if `CPUS` has no line for it
     /// (the agent sizes it for every possible CPU).
     #[inline(always)]
-    pub fn current() -> Option<Self> {
+    fn current() -> Option<Self> {
         // SAFETY: helper without preconditions; the verifier inlines it.
         let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
         CPUS.get_ptr_mut(cpu).map(|line| Cpu { line })
@@ -100,7 +116,7 @@ impl Cpu {
     /// sampled-out path's budget, while the generator is six ALU ops. Its
     /// output is never 0 and its period 2^32 - 1, plenty for 1-in-N sampling.
     #[inline(always)]
-    pub fn sampled_out(self) -> bool {
+    fn sampled_out(self) -> bool {
         // SAFETY: this CPU's line; the threshold is only written by the
         // agent before programs are attached.
         let threshold = unsafe { (*self.line).threshold };
@@ -130,7 +146,7 @@ impl Cpu {
     /// slot before it reads `runs`, either sees this run in progress or is
     /// seen by it (Dekker's handshake).
     #[inline(always)]
-    pub fn enter(self) -> Run {
+    fn enter(self) -> Run {
         // SAFETY: `runs` is an 8-aligned u64 in this CPU's line.
         unsafe { count_run(&raw mut (*self.line).runs) };
         // SAFETY: this CPU's line; volatile, as the agent changes it.
@@ -142,7 +158,7 @@ impl Cpu {
     /// too, so that every write of the run is visible before the agent can
     /// see it ended (a plain store would do on x86, not on arm64).
     #[inline(always)]
-    pub fn leave(self, _run: Run) {
+    fn leave(self, _run: Run) {
         // SAFETY: as in `enter`.
         unsafe { count_run(&raw mut (*self.line).runs) };
     }

@@ -17,61 +17,23 @@
 use std::io;
 
 use aya::maps::MapData;
-use flowagent_common::{CachedV4, CachedV6, FlowKeyV4, FlowKeyV6, FlowStats, SLOTS, cache_index};
+use flowagent_common::{CacheEntry, CacheKey, CachedV4, CachedV6, FlowStats, SLOTS, cache_index};
 
 use super::sys::MappedArray;
 use crate::flow::merge_per_cpu;
 
-/// A cache entry type and its key.
-pub trait Entry: aya::Pod + Send + Sync {
+/// A cache entry type the agent can map: Pod, and shared by the drain's
+/// threads.
+pub trait Entry: CacheEntry + aya::Pod + Send + Sync {
     /// An empty entry (all zero bytes, as the programs take it).
     fn zeroed() -> Self {
         // SAFETY: Pod: all-zero bytes are a valid value.
         unsafe { std::mem::zeroed() }
     }
-    /// The flow key.
-    type Key: Copy + PartialEq;
-    /// The entry's key.
-    fn key(&self) -> &Self::Key;
-    /// The entry's statistics.
-    fn stats(&self) -> &FlowStats;
-    /// The entry's statistics, to fold another copy into.
-    fn stats_mut(&mut self) -> &mut FlowStats;
-    /// The hash the programs index the cache with.
-    fn hash(key: &Self::Key) -> u32;
 }
 
-impl Entry for CachedV4 {
-    type Key = FlowKeyV4;
-    fn key(&self) -> &FlowKeyV4 {
-        &self.key
-    }
-    fn stats(&self) -> &FlowStats {
-        &self.stats
-    }
-    fn stats_mut(&mut self) -> &mut FlowStats {
-        &mut self.stats
-    }
-    fn hash(key: &FlowKeyV4) -> u32 {
-        key.cache_hash()
-    }
-}
-
-impl Entry for CachedV6 {
-    type Key = FlowKeyV6;
-    fn key(&self) -> &FlowKeyV6 {
-        &self.key
-    }
-    fn stats(&self) -> &FlowStats {
-        &self.stats
-    }
-    fn stats_mut(&mut self) -> &mut FlowStats {
-        &mut self.stats
-    }
-    fn hash(key: &FlowKeyV6) -> u32 {
-        key.cache_hash()
-    }
-}
+impl Entry for CachedV4 {}
+impl Entry for CachedV6 {}
 
 /// Where the entries are.
 #[derive(Debug)]
@@ -157,14 +119,14 @@ impl<E: Entry> Cache<E> {
         let Some(bits) = self.bits else {
             return false;
         };
-        let at = E::hash(key) & ((1 << bits) - 1);
+        let at = key.cache_hash() & ((1 << bits) - 1);
         for cpu in 0..self.cpus {
             let entry = self.entry(slot, cpu, at);
             // SAFETY: in bounds (see `entry`); exclusive per the contract.
             let entry = unsafe { &mut *entry };
-            if entry.stats().packets != 0 && entry.key() == key {
+            if entry.stats().packets != 0 && entry.key().same(key) {
                 if let Some(merged) = merge_per_cpu([entry.stats(), stats]) {
-                    *entry.stats_mut() = merged;
+                    *entry.parts_mut().1 = merged;
                 }
                 return true;
             }
@@ -205,7 +167,7 @@ impl<E: Entry> Cache<E> {
                     let other = self.entry(slot, other, at);
                     // SAFETY: as above; a different entry than `first`.
                     let other = unsafe { &mut *other };
-                    if other.stats().packets != 0 && *other.key() == key {
+                    if other.stats().packets != 0 && other.key().same(&key) {
                         read += 1;
                         if let Some(merged) = merge_per_cpu([&stats, other.stats()]) {
                             stats = merged;
@@ -225,6 +187,8 @@ impl<E: Entry> Cache<E> {
 
 #[cfg(test)]
 mod tests {
+    use flowagent_common::FlowKeyV4;
+
     use super::*;
 
     fn key(n: u8) -> FlowKeyV4 {

@@ -122,6 +122,9 @@ pub struct Maps {
     slots: Slots,
     /// Jiffies to wall-clock time (the clock program and its map).
     clock: KernelClock,
+    /// Possible CPUs: per-CPU values come one per CPU, and the caches are
+    /// laid out for them.
+    cpus: usize,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, Error> {
@@ -202,20 +205,21 @@ impl Maps {
             })?;
         let clock_map =
             Array::try_from(take(ebpf, names::CLOCK)?).map_err(map_err(names::CLOCK))?;
-        let cpus = possible_cpus()? as u32;
+        let cpus = possible_cpus()?;
         Ok(Self {
+            cpus,
             v4: Family::take(
                 ebpf,
                 names::FLOWS_V4,
                 names::CACHE_V4,
-                cpus,
+                cpus as u32,
                 "draining the IPv4 flow map",
             )?,
             v6: Family::take(
                 ebpf,
                 names::FLOWS_V6,
                 names::CACHE_V6,
-                cpus,
+                cpus as u32,
                 "draining the IPv6 flow map",
             )?,
             clock: KernelClock::new(clock_prog, clock_map)?,
@@ -355,7 +359,6 @@ pub struct Drainer {
     maps: Maps,
     /// The slot the programs write now.
     slot: u32,
-    cpus: usize,
     /// Threads walking a large map, 1 to [`MAX_THREADS`].
     threads: usize,
     /// Record buffers handed back by the outputs.
@@ -381,15 +384,13 @@ impl Drainer {
         interval: Duration,
         out: mpsc::Sender<Batch>,
     ) -> Result<Self, Error> {
-        let cpus = possible_cpus()?;
         // One walking thread per CPU this process may run on.
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
             .min(MAX_THREADS);
         Ok(Self {
-            maps,
             slot: 0,
-            cpus,
+            maps,
             threads,
             pool: Pool::new(threads),
             lanes: (0..threads).map(|_| build::Lane::default()).collect(),
@@ -476,7 +477,7 @@ impl Drainer {
         let clock = self.maps.clock.snapshot()?;
         let names = build::Names::new(&self.names.snapshot());
         let builder = Builder {
-            cpus: self.cpus,
+            cpus: self.maps.cpus,
             clock: &clock,
             names: &names,
             sampling_rate: self.sampling_rate,
@@ -548,10 +549,11 @@ impl Drainer {
             let index = c.index(slot);
             let values = self.maps.counters.get(&index, 0).map_err(map_err)?;
             totals.0[c as usize] = values.iter().sum();
-            let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(|e| Error::Map {
-                name: names::COUNTERS,
-                reason: e.to_string(),
-            })?;
+            let zeros =
+                PerCpuValues::try_from(vec![0u64; self.maps.cpus]).map_err(|e| Error::Map {
+                    name: names::COUNTERS,
+                    reason: e.to_string(),
+                })?;
             self.maps.counters.set(index, zeros, 0).map_err(map_err)?;
         }
         Ok(totals)
