@@ -96,6 +96,11 @@ impl<E: Entry> Cache<E> {
         self.bits.map_or(0, |b| 1 << b)
     }
 
+    /// Entries of one slot over every CPU: what a scan of the slot reads.
+    pub fn slot_entries(&self) -> usize {
+        self.entries() as usize * self.cpus as usize
+    }
+
     /// Pointer to entry `at` of CPU `cpu`'s cache of `slot`.
     fn entry(&self, slot: u32, cpu: u32, at: u32) -> *mut E {
         let bits = self.bits.unwrap_or(0);

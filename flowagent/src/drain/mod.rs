@@ -345,8 +345,7 @@ impl<E: Entry> Family<E> {
         if cached {
             // The scan reads every CPU's entries of an index, full or not:
             // its size is the cache's, not the flows'.
-            let entries = self.cache.entries() as usize * lanes.len().max(1);
-            let threads = threads_for(lanes.len(), entries);
+            let threads = threads_for(lanes.len(), self.cache.slot_entries());
             found.cached = builder.scan_cache(&self.cache, slot, &mut lanes[..threads]);
             self.cache_unclean[at] = false;
         }
