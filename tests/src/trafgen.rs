@@ -34,6 +34,19 @@ pub fn send_through_qdisc(ns: &str, dev: &str, config: &Path, count: u64) -> std
     run(ns, dev, config, count, &["--qdisc-path"])
 }
 
+/// Like [`send`], one `sendto(2)` per frame instead of the TX ring
+/// (trafgen's "slow mode", `--gap 0`: no pause between frames).
+///
+/// The difference is in the skbs the receiver sees. From the TX ring only
+/// the 14-byte Ethernet header is in the skb's linear part; the rest stays
+/// in page fragments pointing into the ring, so a TC program must copy the
+/// IP and transport headers out. From `sendto(2)` the kernel copies each
+/// small frame into a fully linear skb, which is what NIC drivers hand the
+/// stack (they build or copy the headers into the head).
+pub fn send_linear(ns: &str, dev: &str, config: &Path, count: u64) -> std::time::Duration {
+    run(ns, dev, config, count, &["--gap", "0"])
+}
+
 fn run(ns: &str, dev: &str, config: &Path, count: u64, extra: &[&str]) -> std::time::Duration {
     let start = Instant::now();
     let out = Command::new("ip")

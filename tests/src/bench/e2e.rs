@@ -16,6 +16,12 @@
 //! nothing to the receive path but the program, so it is the fair comparison
 //! with libpcap, and nothing is subtracted from it. The other modes and the
 //! above-no-op figures are reported beside it.
+//!
+//! trafgen sends with one `sendto(2)` per frame, so the receiver gets
+//! linear skbs, as NIC drivers build them. Frames from trafgen's TX ring
+//! keep the IP header in page fragments, which no NIC driver produces and
+//! which makes a TC program copy the headers out; they are measured too,
+//! unsampled, as their own figures ("TX-ring frames").
 
 use std::{path::Path, time::Duration};
 
@@ -107,6 +113,15 @@ impl Mode {
     }
 }
 
+/// How trafgen hands the frames to the kernel (see the module docs).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Traffic {
+    /// `sendto(2)` per frame: linear skbs.
+    Linear,
+    /// trafgen's TX ring: headers past Ethernet in page fragments.
+    Ring,
+}
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Variant {
     Nothing,
@@ -129,6 +144,7 @@ fn run_once(
     dir: &Path,
     conf: &Path,
     variant: Variant,
+    traffic: Traffic,
     sampling: u32,
     packets: u64,
 ) -> RunResult {
@@ -160,7 +176,10 @@ fn run_once(
         (Pmacctd::start(&lab.obs, &conf), output)
     });
     let before = busy_seconds();
-    trafgen::send(lab.gen_ns.name(), "ga", conf, packets);
+    match traffic {
+        Traffic::Linear => trafgen::send_linear(lab.gen_ns.name(), "ga", conf, packets),
+        Traffic::Ring => trafgen::send(lab.gen_ns.name(), "ga", conf, packets),
+    };
     // Let softirq and the consumers finish the backlog before reading CPU.
     std::thread::sleep(Duration::from_millis(300));
     let cpu = busy_seconds() - before;
@@ -207,29 +226,45 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
                 Variant::Both(mode),
             ]);
         }
+        let mut runs: Vec<(Variant, Traffic)> =
+            variants.iter().map(|v| (*v, Traffic::Linear)).collect();
+        if sampling == 1 {
+            runs.extend(
+                [
+                    Variant::Nothing,
+                    Variant::Pmacctd,
+                    Variant::Noop(Mode::Tc),
+                    Variant::Flowagent(Mode::Tc),
+                ]
+                .map(|v| (v, Traffic::Ring)),
+            );
+        }
         // Repetitions outermost, so that drift in the machine's load spreads
         // over every variant instead of biasing the ones measured last.
-        let mut results: Vec<(Variant, Vec<RunResult>)> =
-            variants.iter().map(|v| (*v, Vec::new())).collect();
+        let mut results: Vec<((Variant, Traffic), Vec<RunResult>)> =
+            runs.iter().map(|r| (*r, Vec::new())).collect();
         for _ in 0..reps {
-            for (variant, runs) in &mut results {
-                runs.push(run_once(&lab, dir, &conf, *variant, sampling, packets));
+            for ((variant, traffic), runs) in &mut results {
+                runs.push(run_once(
+                    &lab, dir, &conf, *variant, *traffic, sampling, packets,
+                ));
             }
         }
-        let cpu = |v: Variant| -> Vec<f64> {
+        let cpu_of = |v: Variant, t: Traffic| -> Vec<f64> {
             results
                 .iter()
-                .find(|(x, _)| *x == v)
+                .find(|(x, _)| *x == (v, t))
                 .unwrap()
                 .1
                 .iter()
                 .map(|r| r.cpu_per_mpkt)
                 .collect()
         };
+        let cpu = |v: Variant| cpu_of(v, Traffic::Linear);
         let base = median(&cpu(Variant::Nothing));
         let above = |v: Variant| -> Vec<f64> { cpu(v).iter().map(|c| c - base).collect() };
         let conditions = format!(
-            "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen on 1 CPU, sampling 1:{sampling}, {reps} repetition(s)"
+            "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen on 1 CPU (one sendto(2) per frame: linear skbs), sampling 1:{sampling}, {reps} repetition(s)"
         );
         let rate = format!("1:{sampling}");
         figures.push(cpu_figure(
@@ -280,10 +315,14 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
                 &conditions,
             ));
         }
+        if sampling == 1 {
+            figures.extend(ring_figures(&cpu_of, packets, reps));
+        }
+        // Totals over both kinds of traffic: every run must be exact.
         let counted = |pick: &dyn Fn(&RunResult) -> Option<u64>, only: Option<Mode>| -> Vec<f64> {
             results
                 .iter()
-                .filter(|(v, _)| match (only, v) {
+                .filter(|((v, _), _)| match (only, v) {
                     (None, _) => true,
                     (Some(m), Variant::Flowagent(x) | Variant::Both(x)) => m == *x,
                     _ => false,
@@ -324,4 +363,49 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
         }
     }
     figures
+}
+
+/// The unsampled TC figures with frames from trafgen's TX ring, whose IP
+/// header is in page fragments: the program copies the headers out with
+/// `bpf_skb_load_bytes()` on every packet.
+fn ring_figures(
+    cpu_of: &dyn Fn(Variant, Traffic) -> Vec<f64>,
+    packets: u64,
+    reps: usize,
+) -> Vec<Figure> {
+    let cpu = |v: Variant| cpu_of(v, Traffic::Ring);
+    let base = median(&cpu(Variant::Nothing));
+    let above = |v: Variant| -> Vec<f64> { cpu(v).iter().map(|c| c - base).collect() };
+    let conditions = format!(
+        "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen's TX ring on 1 CPU (headers past Ethernet in page fragments), sampling 1:1, {reps} repetition(s)"
+    );
+    let pm = above(Variant::Pmacctd);
+    let pm_m = median(&pm);
+    let label = Mode::Tc.label();
+    vec![
+        cpu_figure(
+            "TX-ring frames: nothing attached, 1:1".into(),
+            cpu(Variant::Nothing),
+            None,
+            &conditions,
+        ),
+        cpu_figure(
+            "TX-ring frames: pmacctd above nothing, 1:1".into(),
+            pm,
+            None,
+            &conditions,
+        ),
+        cpu_figure(
+            format!("TX-ring frames, {label}: flowagent above nothing, 1:1"),
+            above(Variant::Flowagent(Mode::Tc)),
+            Some(pm_m),
+            &conditions,
+        ),
+        cpu_figure(
+            format!("TX-ring frames, {label}: no-op program above nothing, 1:1"),
+            above(Variant::Noop(Mode::Tc)),
+            None,
+            &conditions,
+        ),
+    ]
 }
