@@ -71,44 +71,51 @@ pub struct CpuLine {
     /// A packet is sampled when a uniform random `u32` is below this; 0
     /// samples every packet. Set by the agent at load time.
     pub threshold: u32,
-    /// Per slot: the index of this CPU's first entry in the `CACHE_V4` and
-    /// `CACHE_V6` arrays. Set by the agent at load time.
-    pub cache_base: [u32; 2],
-    /// This CPU's cache entries per slot minus one (a power of two minus
-    /// one): the mask applied to a key's cache hash.
-    pub cache_mask: u32,
+    /// At `slot * 2 + family` (family 0: IPv4, 1: IPv6): the index of this
+    /// CPU's first entry in that family's cache array (`CACHE_V4`,
+    /// `CACHE_V6`). Set by the agent at load time.
+    pub cache_base: [u32; 4],
+    /// Per family: this CPU's cache entries per slot minus one (a power of
+    /// two minus one), the mask applied to a key's cache hash.
+    pub cache_mask: [u32; 2],
     /// The slot (0 or 1) the programs on this CPU write. Written by the
     /// agent at each drain.
     pub slot: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
     /// Program runs begun plus runs ended on this CPU (wrapping): odd while
     /// one is in progress. Written only by the programs on that CPU.
     pub runs: u64,
-    /// At `slot * 2 + family` (family 0: IPv4, 1: IPv6): nonzero once an
-    /// insert into that hash map failed on this CPU (the map is full until
-    /// it is drained), so that later new flows go straight to the overflow
-    /// counters instead of paying for a failed insert each. Set by the
-    /// programs, cleared by the agent after it drained the slot.
+    /// At `slot * 2 + family`: nonzero once an insert into that hash map
+    /// failed on this CPU (the map is full until it is drained), so that
+    /// later new flows go straight to the overflow counters instead of
+    /// paying for a failed insert each. Set by the programs, cleared by the
+    /// agent after it drained the slot.
     pub full: [u32; 4],
-    /// Explicit padding to the cache line, always zero.
-    pub _pad: [u64; 2],
 }
 
 impl CpuLine {
-    /// The line of CPU `cpu` for this sampling threshold, whose caches hold
-    /// `1 << cache_bits` entries per slot in arrays laid out for `cpus`
-    /// CPUs: slot-major, then by CPU (see [`cache_index`]). None: no cache.
+    /// The line of CPU `cpu` for this sampling threshold, whose IPv4 caches
+    /// hold `1 << cache_bits` entries per slot (IPv6: [`cache_bits_v6`]) in
+    /// arrays laid out for `cpus` CPUs: slot-major, then by CPU (see
+    /// [`cache_index`]). None: no cache.
     pub const fn new(threshold: u32, cpu: u32, cpus: u32, cache_bits: Option<u32>) -> Self {
         let (cache_base, cache_mask) = match cache_bits {
-            Some(bits) => (
-                [
-                    cache_index(0, cpu, cpus, bits, 0),
-                    cache_index(1, cpu, cpus, bits, 0),
-                ],
-                (1u32 << bits) - 1,
-            ),
+            Some(v4) => {
+                let v6 = cache_bits_v6(v4);
+                (
+                    [
+                        cache_index(0, cpu, cpus, v4, 0),
+                        cache_index(0, cpu, cpus, v6, 0),
+                        cache_index(1, cpu, cpus, v4, 0),
+                        cache_index(1, cpu, cpus, v6, 0),
+                    ],
+                    [(1u32 << v4) - 1, (1u32 << v6) - 1],
+                )
+            }
             // A base past any array's end makes the programs' cache lookup
             // fail its bounds check, so every flow goes to the hash maps.
-            None => ([u32::MAX / 2; 2], 0),
+            None => ([u32::MAX / 2; 4], [0; 2]),
         };
         CpuLine {
             state: 0,
@@ -116,15 +123,15 @@ impl CpuLine {
             cache_base,
             cache_mask,
             slot: 0,
+            _pad: 0,
             runs: 0,
             full: [0; 4],
-            _pad: [0; 2],
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<CpuLine>() == 64);
-const _: () = assert!(core::mem::offset_of!(CpuLine, runs) == 24);
+const _: () = assert!(core::mem::offset_of!(CpuLine, runs) == 40);
 
 /// The index in a cache array of entry `at` of CPU `cpu`'s cache for `slot`,
 /// with `cpus` CPUs and `1 << cache_bits` entries per CPU and slot.
@@ -364,44 +371,214 @@ impl CacheKey for FlowKeyV6 {
     }
 }
 
+/// What the programs fill for a flow's first packet, besides the counts.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FirstPacket {
+    /// Kernel jiffies of the packet.
+    pub now: u64,
+    /// DSCP/ECN byte.
+    pub tos: u8,
+    /// Source MAC address.
+    pub src_mac: [u8; 6],
+    /// The flow's other interface when the context knows it (TC egress).
+    pub other_ifindex: u32,
+}
+
+/// A flow's statistics as the programs update them: [`FlowStats`] in the
+/// hash maps and the IPv6 caches, the compact [`CachedV4`] in the IPv4
+/// caches.
+pub trait Tally {
+    /// Packets counted; 0 in an empty cache entry.
+    fn packets(&self) -> u64;
+    /// Counts one packet of `ip_len` bytes with these TCP flags at `now`.
+    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64);
+    /// Fills the first-packet fields.
+    fn first(&mut self, first: &FirstPacket);
+    /// The FIB's answer: the egress interface and the gateway (an
+    /// IPv4-mapped IPv6 address for IPv4), if any.
+    fn set_route(&mut self, ifindex: u32, gateway: Option<[u8; 16]>);
+}
+
+impl Tally for FlowStats {
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    #[inline(always)]
+    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
+        self.packets += 1;
+        self.bytes += ip_len;
+        self.last_seen = now;
+        self.tcp_flags |= tcp_flags;
+    }
+
+    #[inline(always)]
+    fn first(&mut self, first: &FirstPacket) {
+        self.first_seen = first.now;
+        self.tos = first.tos;
+        self.src_mac = first.src_mac;
+        self.other_ifindex = first.other_ifindex;
+    }
+
+    #[inline(always)]
+    fn set_route(&mut self, ifindex: u32, gateway: Option<[u8; 16]>) {
+        self.other_ifindex = ifindex;
+        if let Some(gw) = gateway {
+            self.next_hop = gw;
+        }
+    }
+}
+
 /// A flow cache entry, as the programs fill it and the agent drains it.
-pub trait CacheEntry: Copy {
+pub trait CacheEntry: Tally + Copy {
     /// The flow key.
     type Key: CacheKey;
     /// The entry's key.
     fn key(&self) -> &Self::Key;
-    /// The entry's statistics; `packets == 0` means the entry is empty.
-    fn stats(&self) -> &FlowStats;
-    /// The key and statistics, to fill or update the entry.
-    fn parts_mut(&mut self) -> (&mut Self::Key, &mut FlowStats);
+    /// Makes the entry hold `key`'s flow (its statistics are then filled).
+    fn set_key(&mut self, key: &Self::Key);
+    /// The entry's statistics, with jiffies stored in 32 bits widened to the
+    /// value nearest `anchor` (kernel jiffies at the drain).
+    fn stats(&self, anchor: u64) -> FlowStats;
+    /// Replaces the entry's statistics (the agent merging a hash-map copy).
+    fn set_stats(&mut self, stats: &FlowStats);
 }
 
-/// The same [`CacheEntry`] impl for both entry types.
-macro_rules! cache_entry {
-    ($entry:ty, $key:ty) => {
-        impl CacheEntry for $entry {
-            type Key = $key;
+/// The 64-bit jiffies value nearest `anchor` whose low 32 bits are `low`:
+/// exact while the two are less than 2^31 jiffies apart (24 days at
+/// HZ=1000), far more than a drain interval.
+#[inline(always)]
+pub const fn widen_jiffies(low: u32, anchor: u64) -> u64 {
+    anchor.wrapping_add(low.wrapping_sub(anchor as u32) as i32 as i64 as u64)
+}
 
-            #[inline(always)]
-            fn key(&self) -> &$key {
-                &self.key
-            }
+impl Tally for CachedV4 {
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        self.packets
+    }
 
-            #[inline(always)]
-            fn stats(&self) -> &FlowStats {
-                &self.stats
-            }
+    #[inline(always)]
+    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
+        self.packets += 1;
+        self.bytes += ip_len;
+        self.last_seen = now as u32;
+        self.tcp_flags |= tcp_flags;
+    }
 
-            #[inline(always)]
-            fn parts_mut(&mut self) -> (&mut $key, &mut FlowStats) {
-                (&mut self.key, &mut self.stats)
-            }
+    #[inline(always)]
+    fn first(&mut self, first: &FirstPacket) {
+        self.first_seen = first.now as u32;
+        self.tos = first.tos;
+        self.src_mac = first.src_mac;
+        self.other_ifindex = first.other_ifindex;
+    }
+
+    #[inline(always)]
+    fn set_route(&mut self, ifindex: u32, gateway: Option<[u8; 16]>) {
+        self.other_ifindex = ifindex;
+        if let Some(gw) = gateway {
+            self.next_hop = [gw[12], gw[13], gw[14], gw[15]];
         }
-    };
+    }
 }
 
-cache_entry!(CachedV4, FlowKeyV4);
-cache_entry!(CachedV6, FlowKeyV6);
+impl CacheEntry for CachedV4 {
+    type Key = FlowKeyV4;
+
+    #[inline(always)]
+    fn key(&self) -> &FlowKeyV4 {
+        &self.key
+    }
+
+    #[inline(always)]
+    fn set_key(&mut self, key: &FlowKeyV4) {
+        self.key = *key;
+    }
+
+    fn stats(&self, anchor: u64) -> FlowStats {
+        let mut next_hop = [0; 16];
+        if self.next_hop != [0; 4] {
+            next_hop[10] = 0xff;
+            next_hop[11] = 0xff;
+            next_hop[12..].copy_from_slice(&self.next_hop);
+        }
+        FlowStats {
+            packets: self.packets,
+            bytes: self.bytes,
+            last_seen: widen_jiffies(self.last_seen, anchor),
+            tcp_flags: self.tcp_flags,
+            tos: self.tos,
+            src_mac: self.src_mac,
+            first_seen: widen_jiffies(self.first_seen, anchor),
+            next_hop,
+            other_ifindex: self.other_ifindex,
+            _pad: [0; 4],
+        }
+    }
+
+    fn set_stats(&mut self, stats: &FlowStats) {
+        self.packets = stats.packets;
+        self.bytes = stats.bytes;
+        self.last_seen = stats.last_seen as u32;
+        self.tcp_flags = stats.tcp_flags;
+        self.tos = stats.tos;
+        self.src_mac = stats.src_mac;
+        self.first_seen = stats.first_seen as u32;
+        self.next_hop = [
+            stats.next_hop[12],
+            stats.next_hop[13],
+            stats.next_hop[14],
+            stats.next_hop[15],
+        ];
+        self.other_ifindex = stats.other_ifindex;
+    }
+}
+
+impl Tally for CachedV6 {
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        self.stats.packets
+    }
+
+    #[inline(always)]
+    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
+        self.stats.add(ip_len, tcp_flags, now);
+    }
+
+    #[inline(always)]
+    fn first(&mut self, first: &FirstPacket) {
+        self.stats.first(first);
+    }
+
+    #[inline(always)]
+    fn set_route(&mut self, ifindex: u32, gateway: Option<[u8; 16]>) {
+        self.stats.set_route(ifindex, gateway);
+    }
+}
+
+impl CacheEntry for CachedV6 {
+    type Key = FlowKeyV6;
+
+    #[inline(always)]
+    fn key(&self) -> &FlowKeyV6 {
+        &self.key
+    }
+
+    #[inline(always)]
+    fn set_key(&mut self, key: &FlowKeyV6) {
+        self.key = *key;
+    }
+
+    fn stats(&self, _anchor: u64) -> FlowStats {
+        self.stats
+    }
+
+    fn set_stats(&mut self, stats: &FlowStats) {
+        self.stats = *stats;
+    }
+}
 
 /// One entry of a CPU's IPv4 flow cache: a direct-mapped table indexed by
 /// [`CacheKey::cache_hash`], one per CPU and slot, in an mmapable array.
@@ -409,29 +586,52 @@ cache_entry!(CachedV6, FlowKeyV6);
 /// Why a cache in front of the per-CPU hash maps: a hash map update reads
 /// the map's struct, the bucket, the element (two lines) and the per-CPU
 /// value, and with live traffic the stack between two packets evicts them
-/// all from L1; a cache entry is one line (key and the per-packet fields),
-/// found by arithmetic. The agent reads the caches through a memory mapping
-/// instead of a syscall per batch. A flow whose entry is taken by another
-/// flow goes to the hash map, as before.
+/// all from L1; a cache entry is one line, found by arithmetic. The agent
+/// reads the caches through a memory mapping instead of a syscall per
+/// batch. A flow whose entry is taken by another flow goes to the hash
+/// map, as before.
 ///
-/// An entry is empty when `stats.packets` is 0 (a filled entry has counted
-/// its first packet); the agent zeroes every entry it drains.
+/// Why compact (one 64-byte line, not a [`FlowStats`]): with many flows
+/// every packet's entry is a random line of the table, a TLB and cache
+/// miss; half the bytes per entry doubles the entries held in the same
+/// pages, so that fewer flows collide and go to the hash map (three more
+/// misses each). Jiffies are kept in 32 bits (see [`widen_jiffies`]) and
+/// the next hop as an IPv4 address.
+///
+/// An entry is empty when `packets` is 0 (a filled entry has counted its
+/// first packet); the agent zeroes every entry it drains.
 #[repr(C, align(64))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CachedV4 {
     /// The flow.
     pub key: FlowKeyV4,
+    /// Last packet: the low 32 bits of kernel jiffies.
+    pub last_seen: u32,
+    /// Sampled packets on this CPU.
+    pub packets: u64,
+    /// Sum of their IP total length.
+    pub bytes: u64,
+    /// OR of the TCP flags of every packet.
+    pub tcp_flags: u8,
+    /// DSCP/ECN of the first packet.
+    pub tos: u8,
+    /// Source MAC address of the first packet.
+    pub src_mac: [u8; 6],
+    /// First packet: the low 32 bits of kernel jiffies.
+    pub first_seen: u32,
+    /// The FIB's gateway for a forwarded ingress flow, network order; zero
+    /// when none.
+    pub next_hop: [u8; 4],
+    /// The other interface of the flow (see [`FlowStats::other_ifindex`]).
+    pub other_ifindex: u32,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
-    /// Its statistics on this CPU: the per-packet fields end within the
-    /// first line (offset 24 + 25).
-    pub stats: FlowStats,
-    /// Explicit padding to two lines, always zero.
-    pub _tail: [u64; 5],
+    pub _pad: u32,
 }
 
 /// One entry of a CPU's IPv6 flow cache (see [`CachedV4`]); the key and
-/// the packet and byte counts are in the first line.
+/// the packet and byte counts are in the first line. The IPv6 caches hold
+/// half as many entries as the IPv4 ones (see [`cache_bits_v6`]), so both
+/// families' caches take the same memory.
 #[repr(C, align(64))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CachedV6 {
@@ -445,9 +645,16 @@ pub struct CachedV6 {
     pub _tail: [u64; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<CachedV4>() == 128);
+/// log2 of the IPv6 cache entries per CPU and slot for IPv4 caches of
+/// `1 << v4_bits` entries: half as many (IPv6 entries are twice the size).
+pub const fn cache_bits_v6(v4_bits: u32) -> u32 {
+    v4_bits.saturating_sub(1)
+}
+
+const _: () = assert!(core::mem::size_of::<CachedV4>() == 64);
+const _: () = assert!(core::mem::offset_of!(CachedV4, packets) == 24);
+const _: () = assert!(core::mem::offset_of!(CachedV4, _pad) == 60);
 const _: () = assert!(core::mem::size_of::<CachedV6>() == 128);
-const _: () = assert!(core::mem::offset_of!(CachedV4, stats) == 24);
 const _: () = assert!(core::mem::offset_of!(CachedV6, stats) == 48);
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
@@ -459,3 +666,72 @@ const _: () = assert!(core::mem::offset_of!(FlowKeyV6, ifindex) == 32);
 const _: () = assert!(core::mem::offset_of!(FlowStats, next_hop) == 40);
 const _: () = assert!(core::mem::offset_of!(FlowStats, other_ifindex) == 56);
 const _: () = assert!(Counter::ALL.len() as u32 <= COUNTERS_PER_SLOT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jiffies_widen_to_the_value_nearest_the_anchor() {
+        let anchor = (7u64 << 32) + 10;
+        // Earlier in the same 2^32 window, and just before it (wrapped).
+        assert_eq!(widen_jiffies(3, anchor), (7 << 32) + 3);
+        assert_eq!(widen_jiffies(u32::MAX - 4, anchor), (7 << 32) - 5);
+        // A stamp a little after the anchor stays after it.
+        assert_eq!(widen_jiffies(20, anchor), (7 << 32) + 20);
+        assert_eq!(widen_jiffies(0, 0), 0);
+    }
+
+    #[test]
+    fn a_compact_ipv4_entry_keeps_what_the_drain_reads() {
+        let anchor = (3u64 << 32) + 500;
+        let mut next_hop = [0; 16];
+        next_hop[10..].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
+        let stats = FlowStats {
+            packets: 1 << 40,
+            bytes: 1 << 50,
+            last_seen: anchor - 1,
+            tcp_flags: 0x12,
+            tos: 0xb8,
+            src_mac: [2, 0, 0, 0, 0, 9],
+            first_seen: anchor - (1 << 20),
+            next_hop,
+            other_ifindex: 7,
+            _pad: [0; 4],
+        };
+        let mut entry = CachedV4::default();
+        entry.set_stats(&stats);
+        assert_eq!(entry.stats(anchor), stats);
+        // No gateway stays all zero, not an IPv4-mapped 0.0.0.0.
+        entry.set_stats(&FlowStats {
+            next_hop: [0; 16],
+            ..stats
+        });
+        assert_eq!(entry.stats(anchor).next_hop, [0; 16]);
+    }
+
+    #[test]
+    fn programs_fill_a_compact_entry_like_flow_stats() {
+        let first = FirstPacket {
+            now: (1 << 32) + 40,
+            tos: 4,
+            src_mac: [1, 2, 3, 4, 5, 6],
+            other_ifindex: 9,
+        };
+        let mut gw = [0; 16];
+        gw[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        let mut entry = CachedV4::default();
+        let mut stats = FlowStats::default();
+        for t in [&mut entry as &mut dyn Tally, &mut stats] {
+            t.first(&first);
+            t.set_route(3, Some(gw));
+            t.add(100, 0x02, (1 << 32) + 40);
+            t.add(60, 0x10, (1 << 32) + 41);
+        }
+        assert_eq!(entry.stats((1 << 32) + 50), stats);
+        assert_eq!(stats.packets, 2);
+        assert_eq!(stats.bytes, 160);
+        assert_eq!(stats.tcp_flags, 0x12);
+        assert_eq!(stats.last_seen, (1 << 32) + 41);
+    }
+}

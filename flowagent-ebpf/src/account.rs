@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use flowagent_common::{
-    CacheEntry, CacheKey, CachedV4, CachedV6, Counter, DIRECTION_INGRESS, FlowKeyV4, FlowKeyV6,
-    FlowStats,
+    CacheEntry, CacheKey, CachedV4, CachedV6, Counter, DIRECTION_INGRESS, FirstPacket, FlowKeyV4,
+    FlowKeyV6, FlowStats, Tally,
 };
 
 use crate::{
@@ -241,20 +241,21 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     // The resolution (1/HZ, 1-10 ms) is what flow timestamps need.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, key.cache_hash())) {
+    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, K::FAMILY, key.cache_hash())) {
         // SAFETY: this CPU's own cache entry: only programs on this CPU
         // write it, and they do not nest; the agent touches it only after
         // the flip that retired the slot.
-        let (cached_key, stats) = unsafe { &mut *entry }.parts_mut();
-        if stats.packets != 0 && cached_key.same(key) {
-            add(stats, meta, now);
+        let entry = unsafe { &mut *entry };
+        let held = entry.packets() != 0;
+        if held && entry.key().same(key) {
+            add(entry, meta, now);
             return;
         }
-        if stats.packets == 0 {
+        if !held {
             // Empty (the agent zeroes what it drains): the flow takes it.
-            *cached_key = *key;
-            init(ctx, stats, job, now);
-            add(stats, meta, now);
+            entry.set_key(key);
+            init(ctx, entry, job, now);
+            add(entry, meta, now);
             count_entry(SLOT, K::CACHED as u32);
             return;
         }
@@ -263,7 +264,7 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     if let Some(stats) = map.get_ptr_mut(key) {
         // SAFETY: the value is this CPU's copy; no other writer runs on it.
         let stats = unsafe { &mut *stats };
-        if stats.packets == 0 {
+        if stats.packets() == 0 {
             // The entry was created by another CPU: this CPU's copy is zero.
             init(ctx, stats, job, now);
         }
@@ -317,18 +318,15 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
 }
 
 #[inline(always)]
-fn add(stats: &mut FlowStats, meta: &Meta, now: u64) {
-    stats.packets += 1;
-    stats.bytes += meta.ip_len as u64;
-    stats.last_seen = now;
-    stats.tcp_flags |= meta.tcp_flags;
+fn add<T: Tally>(stats: &mut T, meta: &Meta, now: u64) {
+    stats.add(meta.ip_len as u64, meta.tcp_flags, now);
 }
 
 /// Fills the first-packet fields of this CPU's copy of a flow.
 #[inline(always)]
-fn init<C: EbpfContext, K: FlowKey, F: Frame>(
+fn init<C: EbpfContext, K: FlowKey, F: Frame, T: Tally>(
     ctx: &C,
-    stats: &mut FlowStats,
+    stats: &mut T,
     job: &Job<'_, K, F>,
     now: u64,
 ) {
@@ -338,18 +336,20 @@ fn init<C: EbpfContext, K: FlowKey, F: Frame>(
 
 /// The first-packet fields that come from the packet itself.
 #[inline(always)]
-fn first_packet<K: FlowKey, F: Frame>(stats: &mut FlowStats, job: &Job<'_, K, F>, now: u64) {
-    stats.first_seen = now;
-    stats.tos = job.meta.tos;
-    stats.src_mac = src_mac(job.frame);
-    stats.other_ifindex = job.obs.other_ifindex;
+fn first_packet<K: FlowKey, F: Frame, T: Tally>(stats: &mut T, job: &Job<'_, K, F>, now: u64) {
+    stats.first(&FirstPacket {
+        now,
+        tos: job.meta.tos,
+        src_mac: src_mac(job.frame),
+        other_ifindex: job.obs.other_ifindex,
+    });
 }
 
 /// The FIB's egress interface and gateway, for an ingress flow.
 #[inline(always)]
-fn route<C: EbpfContext, K: FlowKey, F: Frame>(
+fn route<C: EbpfContext, K: FlowKey, F: Frame, T: Tally>(
     ctx: &C,
-    stats: &mut FlowStats,
+    stats: &mut T,
     job: &Job<'_, K, F>,
 ) {
     if job.obs.direction == DIRECTION_INGRESS {
@@ -361,9 +361,9 @@ fn route<C: EbpfContext, K: FlowKey, F: Frame>(
 /// Done once per flow and CPU per interval, never per packet. A packet that
 /// is not forwarded (local, forwarding off, no route) gets no egress interface.
 #[inline(always)]
-fn fib_lookup<C: EbpfContext, K: FlowKey, F: Frame>(
+fn fib_lookup<C: EbpfContext, K: FlowKey, F: Frame, T: Tally>(
     ctx: &C,
-    stats: &mut FlowStats,
+    stats: &mut T,
     job: &Job<'_, K, F>,
 ) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
@@ -382,10 +382,7 @@ fn fib_lookup<C: EbpfContext, K: FlowKey, F: Frame>(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return;
     }
-    stats.other_ifindex = params.ifindex;
-    if let Some(gw) = job.key.gateway(&params) {
-        stats.next_hop = gw;
-    }
+    stats.set_route(params.ifindex, job.key.gateway(&params));
 }
 
 #[inline(always)]

@@ -181,16 +181,16 @@ impl Cpu {
         unsafe { core::ptr::write_volatile(&raw mut (*self.line).full[at], 1) };
     }
 
-    /// The index in the cache arrays of the entry for a key hashing to
-    /// `hash` in this CPU's cache of `slot` (0 or 1).
+    /// The index in the cache array of `family` (0: IPv4, 1: IPv6) of the
+    /// entry for a key hashing to `hash` in this CPU's cache of `slot`.
     #[inline(always)]
-    pub fn cache_index(self, slot: u32, hash: u32) -> u32 {
+    pub fn cache_index(self, slot: u32, family: u32, hash: u32) -> u32 {
         // SAFETY: this CPU's line; the cache layout is only written by the
         // agent before programs are attached.
         let (base, mask) = unsafe {
             (
-                (*self.line).cache_base[(slot & 1) as usize],
-                (*self.line).cache_mask,
+                (*self.line).cache_base[((slot & 1) * 2 + (family & 1)) as usize],
+                (*self.line).cache_mask[(family & 1) as usize],
             )
         };
         base + (hash & mask)

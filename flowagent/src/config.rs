@@ -24,8 +24,8 @@ use crate::{
 /// map cost about `max_flows * (80 + 56 * CPUs)` bytes, so this already asks
 /// the kernel for gigabytes on a large machine.
 pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
-/// Largest accepted `--flow-cache`: 16M entries per CPU (each costs 512
-/// bytes: 128 per entry, two families, two slots).
+/// Largest accepted `--flow-cache`: 16M entries per CPU (each costs 256
+/// bytes: a 64-byte IPv4 entry and half a 128-byte IPv6 entry, two slots).
 pub const FLOW_CACHE_LIMIT: u32 = 1 << 24;
 /// Largest accepted sampling rate (1 in 16M).
 pub const SAMPLING_LIMIT: u32 = 1 << 24;
@@ -128,7 +128,7 @@ pub struct Config {
     pub sampling: u32,
     /// Entries per flow map.
     pub max_flows: u32,
-    /// Entries of each CPU's flow caches (`--flow-cache`); None: the
+    /// Entries of each CPU's IPv4 flow cache (`--flow-cache`; IPv6: half); None: the
     /// loader's default for `max_flows` and the CPUs; 0: no cache.
     pub flow_cache: Option<u32>,
     /// Record destination.

@@ -33,11 +33,12 @@ struct Cli {
     /// Entries per flow map (IPv4 and IPv6 each). Default: 65536.
     #[arg(long, value_name = "N")]
     max_flows: Option<u32>,
-    /// Entries of each CPU's flow cache (IPv4 and IPv6 each), rounded up to
-    /// a power of two; 0 turns the cache off. The cache is a direct-mapped
-    /// table in front of the flow maps that makes an existing flow's
-    /// update one cache line; it costs 512 bytes per entry and CPU.
-    /// Default: twice a CPU's share of --max-flows, 1024 to --max-flows.
+    /// Entries of each CPU's IPv4 flow cache (the IPv6 cache has half as
+    /// many), rounded up to a power of two; 0 turns the cache off. The
+    /// cache is a direct-mapped table in front of the flow maps that makes
+    /// an existing flow's update one cache line; it costs 256 bytes per
+    /// entry and CPU. Default: twice a CPU's share of --max-flows, at least
+    /// 1024, at most 64 MiB in all.
     #[arg(long, value_name = "N")]
     flow_cache: Option<u32>,
     /// Where JSON lines go: a file (appended) or - for stdout. Default: -.

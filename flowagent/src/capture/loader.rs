@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use flowagent_common::{CpuLine, SLOTS, names};
+use flowagent_common::{CpuLine, SLOTS, cache_bits_v6, names};
 
 use super::Error;
 use crate::config::{Config, Mode};
@@ -29,7 +29,7 @@ pub fn sample_threshold(rate: u32) -> u32 {
     }
 }
 
-/// Largest flow cache per CPU: 16M entries (2 GiB per CPU for both
+/// Largest flow cache per CPU: 16M IPv4 entries (4 GiB per CPU for both
 /// families and slots).
 pub const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 
@@ -37,12 +37,17 @@ pub const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 /// [`Sizes::default_cache`]).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
+/// Kernel memory per IPv4 cache entry and CPU: a 64-byte IPv4 entry and
+/// half a 128-byte IPv6 entry, in each of the two slots.
+pub const CACHE_BYTES_PER_ENTRY: u64 = 2 * (64 + 128 / 2);
+
 /// How large the flow maps and caches are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
     /// Entries of each flow hash map (`--max-flows`).
     pub max_flows: u32,
-    /// log2 of each CPU's cache entries per family and slot; None: no cache.
+    /// log2 of each CPU's IPv4 cache entries per slot (IPv6: half as many,
+    /// see `flowagent_common::cache_bits_v6`); None: no cache.
     pub cache_bits: Option<u32>,
     /// Possible CPUs, which the cache arrays are laid out for.
     pub cpus: u32,
@@ -80,29 +85,39 @@ impl Sizes {
         }
     }
 
-    /// The default cache per CPU: room for twice a CPU's share of
+    /// The default IPv4 cache per CPU: room for twice a CPU's share of
     /// `max_flows` (receive-side scaling spreads flows over CPUs, and a
     /// direct-mapped table half full sends about a fifth of its flows to
     /// the hash map), at least 1024 entries, and at most 64 MiB for all
-    /// caches together (512 B per entry and CPU: 128 B entries, two
-    /// families, two slots). More flows than that go to the hash maps,
-    /// unless `--flow-cache` asks for a larger cache.
+    /// caches together ([`CACHE_BYTES_PER_ENTRY`] per entry and CPU). More
+    /// flows than that go to the hash maps, unless `--flow-cache` asks for
+    /// a larger cache.
     pub fn default_cache(max_flows: u32, cpus: u32) -> u32 {
         let cpus = u64::from(cpus.max(1));
-        let share = 2 * u64::from(max_flows) / cpus;
-        let budget = (DEFAULT_CACHE_BYTES / 512 / cpus).max(1024);
-        share.clamp(1024, budget).next_power_of_two() as u32
+        let share = (2 * u64::from(max_flows) / cpus)
+            .max(1024)
+            .next_power_of_two();
+        let budget = DEFAULT_CACHE_BYTES / CACHE_BYTES_PER_ENTRY / cpus;
+        // The largest power of two within the budget.
+        let budget = 1u64 << budget.max(1024).ilog2();
+        share.min(budget) as u32
     }
 
-    /// Entries per CPU of each cache (0 without one).
+    /// IPv4 entries per CPU and slot (0 without a cache).
     pub fn cache_entries(&self) -> u32 {
         self.cache_bits.map_or(0, |b| 1 << b)
     }
 
-    /// Entries of each cache array: every CPU's cache for both slots (1,
-    /// never read, without a cache: a map cannot have 0 entries).
-    pub fn cache_array_entries(&self) -> u32 {
-        (SLOTS * self.cpus * self.cache_entries()).max(1)
+    /// Entries of the IPv4 (`v6 == false`) or IPv6 cache array: every CPU's
+    /// cache for both slots (1, never read, without a cache: a map cannot
+    /// have 0 entries).
+    pub fn cache_array_entries(&self, v6: bool) -> u32 {
+        let bits = match (self.cache_bits, v6) {
+            (None, _) => return 1,
+            (Some(b), false) => b,
+            (Some(b), true) => cache_bits_v6(b),
+        };
+        (SLOTS * self.cpus) << bits
     }
 }
 
@@ -127,8 +142,8 @@ pub fn configure(sizes: &Sizes) -> EbpfLoader<'static> {
     for name in names::FLOWS_V4.iter().chain(names::FLOWS_V6.iter()) {
         loader.map_max_entries(name, sizes.max_flows);
     }
-    for name in [names::CACHE_V4, names::CACHE_V6] {
-        loader.map_max_entries(name, sizes.cache_array_entries());
+    for (name, v6) in [(names::CACHE_V4, false), (names::CACHE_V6, true)] {
+        loader.map_max_entries(name, sizes.cache_array_entries(v6));
     }
     loader.map_max_entries(names::CPUS, sizes.cpus);
     loader
@@ -201,24 +216,46 @@ mod tests {
     #[test]
     fn cache_sizes() {
         // Default: twice a CPU's share, a power of two, at least 1024, at
-        // most 64 MiB in all.
+        // most 64 MiB in all (256 B per entry and CPU).
         assert_eq!(Sizes::default_cache(65_536, 2), 65_536);
         assert_eq!(Sizes::default_cache(65_536, 16), 8192);
-        assert_eq!(Sizes::default_cache(100_000, 4), 32_768);
+        assert_eq!(Sizes::default_cache(100_000, 4), 65_536);
         assert_eq!(Sizes::default_cache(100, 2), 1024);
-        assert_eq!(Sizes::default_cache(1 << 20, 1), 1 << 17);
-        assert_eq!(Sizes::default_cache(1 << 20, 2), 1 << 16);
+        assert_eq!(Sizes::default_cache(1 << 20, 1), 1 << 18);
+        assert_eq!(Sizes::default_cache(1 << 20, 2), 1 << 17);
+        // 64 MiB / 256 B / 3 CPUs is 87381: the power of two below.
+        assert_eq!(Sizes::default_cache(1 << 20, 3), 1 << 16);
         assert_eq!(Sizes::default_cache(1 << 20, 1024), 1024);
         let s = Sizes::for_cpus(65_536, None, 2);
         assert_eq!((s.cache_bits, s.cache_entries()), (Some(16), 65_536));
-        assert_eq!(s.cache_array_entries(), 2 * 2 * 65_536);
+        // IPv6: half the entries.
+        assert_eq!(
+            (s.cache_array_entries(false), s.cache_array_entries(true)),
+            (2 * 2 * 65_536, 2 * 2 * 32_768)
+        );
         let s = Sizes::for_cpus(1024, Some(1000), 3);
         assert_eq!(
-            (s.cache_entries(), s.cache_array_entries()),
+            (s.cache_entries(), s.cache_array_entries(false)),
             (1024, 2 * 3 * 1024)
         );
+        // A one-entry IPv4 cache has a one-entry IPv6 cache.
+        let one = Sizes::for_cpus(1024, Some(1), 2);
+        assert_eq!(
+            (
+                one.cache_array_entries(false),
+                one.cache_array_entries(true)
+            ),
+            (4, 4)
+        );
         let off = Sizes::for_cpus(1024, Some(0), 2);
-        assert_eq!((off.cache_bits, off.cache_array_entries()), (None, 1));
+        assert_eq!(
+            (
+                off.cache_bits,
+                off.cache_array_entries(false),
+                off.cache_array_entries(true)
+            ),
+            (None, 1, 1)
+        );
         assert_eq!(
             Sizes::for_cpus(8, Some(u32::MAX), 1).cache_entries(),
             1 << 24

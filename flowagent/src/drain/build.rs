@@ -134,7 +134,7 @@ impl Builder<'_> {
                 // SAFETY: the caller's slot is quiescent, and each range is
                 // taken by one thread only.
                 read += unsafe {
-                    cache.scan(slot, start..end, |key, stats| {
+                    cache.scan(slot, start..end, self.clock.jiffies(), |key, stats| {
                         lane.part.push(self.record(KeyParts::from(key), stats));
                     })
                 };
@@ -181,7 +181,7 @@ impl Builder<'_> {
                 if let Some((cache, slot)) = cache
                     // SAFETY: the slot is quiescent (the caller's contract),
                     // and this entry's key is in no other entry of the walk.
-                    && unsafe { cache.absorb(slot, &key, &stats) }
+                    && unsafe { cache.absorb(slot, &key, &stats, self.clock.jiffies()) }
                 {
                     return;
                 }

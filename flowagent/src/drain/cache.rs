@@ -113,14 +113,15 @@ impl<E: Entry> Cache<E> {
 
     /// Folds `stats`, a hash-map copy of `key`'s flow in `slot`, into the
     /// cache entry some CPU holds for `key`; false (nothing changed) when
-    /// no CPU's cache holds it.
+    /// no CPU's cache holds it. `anchor`: kernel jiffies at this drain
+    /// (see [`CacheEntry::stats`]).
     ///
     /// # Safety
     /// No program writes `slot`, and no other thread reads or writes the
     /// entries of `key`'s index meanwhile (distinct keys of one hash walk
     /// are fine: a key is in the hash map once, and the entry it changes
     /// holds that key).
-    pub unsafe fn absorb(&self, slot: u32, key: &E::Key, stats: &FlowStats) -> bool {
+    pub unsafe fn absorb(&self, slot: u32, key: &E::Key, stats: &FlowStats, anchor: u64) -> bool {
         let Some(bits) = self.bits else {
             return false;
         };
@@ -129,9 +130,9 @@ impl<E: Entry> Cache<E> {
             let entry = self.entry(slot, cpu, at);
             // SAFETY: in bounds (see `entry`); exclusive per the contract.
             let entry = unsafe { &mut *entry };
-            if entry.stats().packets != 0 && entry.key().same(key) {
-                if let Some(merged) = merge_per_cpu([entry.stats(), stats]) {
-                    *entry.parts_mut().1 = merged;
+            if entry.packets() != 0 && entry.key().same(key) {
+                if let Some(merged) = merge_per_cpu([&entry.stats(anchor), stats]) {
+                    entry.set_stats(&merged);
                 }
                 return true;
             }
@@ -141,7 +142,8 @@ impl<E: Entry> Cache<E> {
 
     /// Calls `each` with every flow held at indexes `range` of `slot`'s
     /// caches, its copies on every CPU merged, and empties those entries.
-    /// Returns the entries read (one per flow and CPU).
+    /// Returns the entries read (one per flow and CPU). `anchor`: kernel
+    /// jiffies at this drain.
     ///
     /// # Safety
     /// No program writes `slot`, and no other thread reads or writes these
@@ -150,6 +152,7 @@ impl<E: Entry> Cache<E> {
         &self,
         slot: u32,
         range: std::ops::Range<u32>,
+        anchor: u64,
         mut each: impl FnMut(&E::Key, &FlowStats),
     ) -> usize {
         let Some(bits) = self.bits else {
@@ -161,20 +164,20 @@ impl<E: Entry> Cache<E> {
                 let first = self.entry(slot, cpu, at);
                 // SAFETY: in bounds; exclusive per the contract.
                 let first = unsafe { &mut *first };
-                if first.stats().packets == 0 {
+                if first.packets() == 0 {
                     continue;
                 }
                 read += 1;
                 let key = *first.key();
-                let mut stats = *first.stats();
+                let mut stats = first.stats(anchor);
                 // The same flow on later CPUs: same index, same key.
                 for other in cpu + 1..self.cpus {
                     let other = self.entry(slot, other, at);
                     // SAFETY: as above; a different entry than `first`.
                     let other = unsafe { &mut *other };
-                    if other.stats().packets != 0 && other.key().same(&key) {
+                    if other.packets() != 0 && other.key().same(&key) {
                         read += 1;
-                        if let Some(merged) = merge_per_cpu([&stats, other.stats()]) {
+                        if let Some(merged) = merge_per_cpu([&stats, &other.stats(anchor)]) {
                             stats = merged;
                         }
                         // SAFETY: E is Pod, so zero bytes are a valid (empty) entry.
@@ -208,12 +211,16 @@ mod tests {
         }
     }
 
+    /// Kernel jiffies at the test drain, with high bits set, so that the
+    /// 32-bit jiffies of the IPv4 entries must be widened to compare equal.
+    const ANCHOR: u64 = (5 << 32) + 1000;
+
     fn stats(packets: u64, first: u64) -> FlowStats {
         FlowStats {
             packets,
             bytes: packets * 100,
-            first_seen: first,
-            last_seen: first + 5,
+            first_seen: (5 << 32) + first,
+            last_seen: (5 << 32) + first + 5,
             ..Default::default()
         }
     }
@@ -224,15 +231,16 @@ mod tests {
         let entry = cache.entry(slot, cpu, at);
         // SAFETY: in bounds; the test is the only user.
         unsafe {
-            (*entry).key = key;
-            (*entry).stats = s;
+            (*entry).set_key(&key);
+            (*entry).set_stats(&s);
         }
     }
 
     fn scan_all(cache: &Cache<CachedV4>, slot: u32) -> (usize, Vec<(FlowKeyV4, FlowStats)>) {
         let mut out = Vec::new();
         // SAFETY: the test is the only user.
-        let read = unsafe { cache.scan(slot, 0..cache.entries(), |k, s| out.push((*k, *s))) };
+        let read =
+            unsafe { cache.scan(slot, 0..cache.entries(), ANCHOR, |k, s| out.push((*k, *s))) };
         out.sort_by_key(|(k, _)| k.src);
         (read, out)
     }
@@ -247,16 +255,19 @@ mod tests {
         put(&cache, 0, 0, key(3), stats(7, 10));
         // key(1) was also counted in the hash map on CPU 1.
         // SAFETY: the test is the only user.
-        assert!(unsafe { cache.absorb(1, &key(1), &stats(4, 95)) });
+        assert!(unsafe { cache.absorb(1, &key(1), &stats(4, 95), ANCHOR) });
         // SAFETY: as above.
-        assert!(!unsafe { cache.absorb(1, &key(9), &stats(4, 95)) });
+        assert!(!unsafe { cache.absorb(1, &key(9), &stats(4, 95), ANCHOR) });
         let (read, flows) = scan_all(&cache, 1);
         assert_eq!(read, 3);
         assert_eq!(flows.len(), 2);
         let (k, s) = flows[0];
         assert_eq!(k, key(1));
         assert_eq!((s.packets, s.bytes), (9, 900));
-        assert_eq!((s.first_seen, s.last_seen), (90, 105));
+        assert_eq!(
+            (s.first_seen, s.last_seen),
+            ((5 << 32) + 90, (5 << 32) + 105)
+        );
         assert_eq!((flows[1].0, flows[1].1.packets), (key(2), 1));
         // Emptied: a second scan finds nothing; slot 0 still holds its flow.
         assert_eq!(scan_all(&cache, 1), (0, vec![]));

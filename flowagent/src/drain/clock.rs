@@ -142,6 +142,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The kernel jiffies this snapshot was taken at: the anchor against
+    /// which 32-bit jiffies (IPv4 cache entries) are widened.
+    pub fn jiffies(&self) -> u64 {
+        self.jiffies
+    }
+
     /// The wall-clock time of kernel jiffies `j`.
     pub fn wall(&self, j: u64) -> SystemTime {
         // The drain converts two stamps per flow: stay in i64 (a hardware
