@@ -109,6 +109,73 @@ impl Sender {
     }
 }
 
+/// PACKET_VNET_HDR (linux/if_packet.h): frames carry a virtio-net header.
+const PACKET_VNET_HDR: libc::c_int = 15;
+
+/// Sends frames whose skb holds only their first bytes in its linear part
+/// and the rest in page fragments, as header-split NIC drivers and the
+/// local TCP stack deliver them: through an AF_PACKET socket with
+/// PACKET_VNET_HDR, whose header's `hdr_len` says how many bytes go into
+/// the linear part. The kernel honours it for frames of at least a page
+/// (smaller ones it makes linear), so the link needs a jumbo MTU.
+pub struct SplitSender {
+    fd: OwnedFd,
+}
+
+impl SplitSender {
+    /// A sender on `iface` in namespace `ns`.
+    pub fn new(ns: &str, iface: &str) -> Self {
+        let fd = socket_in(ns, iface, 0);
+        let on: libc::c_int = 1;
+        // SAFETY: valid socket, option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "PACKET_VNET_HDR: {}",
+            std::io::Error::last_os_error()
+        );
+        SplitSender { fd }
+    }
+
+    /// Sends `frame` (at least 4096 bytes) with only its first `linear`
+    /// bytes in the skb's linear part.
+    pub fn send(&self, frame: &[u8], linear: u16) {
+        assert!(
+            frame.len() >= 4096,
+            "the kernel makes smaller frames linear"
+        );
+        // struct virtio_net_hdr: flags, gso_type (none), hdr_len, gso_size,
+        // csum_start, csum_offset; little-endian on this host.
+        let mut buf = vec![0u8; 10];
+        buf[2..4].copy_from_slice(&linear.to_le_bytes());
+        buf.extend_from_slice(frame);
+        // SAFETY: valid socket and buffer.
+        let rc = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        assert_eq!(
+            rc,
+            buf.len() as isize,
+            "send of a split frame: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Receives every frame arriving on one interface of one namespace.
 pub struct Receiver {
     fd: OwnedFd,

@@ -11,7 +11,7 @@ use flowagent_tests::{
     packet::{
         self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, V4Opts, mac, tcp_flags, v4, v6,
     },
-    send::Sender,
+    send::{Sender, SplitSender},
     trafgen,
 };
 use serde_json::Value;
@@ -394,6 +394,75 @@ fn tc_ingress_counts_exact_flows_from_a_tx_ring() {
         "ingress",
         Via::TxRing,
     );
+}
+
+/// Frames with the headers in the skb's linear part and the payload in page
+/// fragments (as header-split drivers and the local TCP stack deliver
+/// them), and frames whose linear part ends before the UDP ports: the
+/// program copies the headers out of both and gives exact records.
+#[test]
+fn tc_ingress_reads_headers_split_from_the_payload() {
+    let lab = Lab::new("tcs");
+    lab.gen_ns.ip(&["link", "set", "ga", "mtu", "9000"]);
+    lab.obs.ip(&["link", "set", "gb", "mtu", "9000"]);
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--mode", "tc", "--interval", "60"],
+    );
+    let frame = |sport: u16| {
+        packet::eth(
+            mac(OBS_MAC),
+            mac(GEN_MAC),
+            &[],
+            ETH_P_IP,
+            &packet::ipv4(
+                v4("10.9.0.1"),
+                v4("10.9.0.2"),
+                17,
+                &V4Opts::default(),
+                &packet::udp(sport, 5000, &[7; 6000]),
+            ),
+        )
+    };
+    let sender = SplitSender::new(lab.gen_ns.name(), "ga");
+    // Ethernet, IPv4 and UDP headers linear (42 bytes).
+    for _ in 0..3 {
+        sender.send(&frame(4000), 42);
+    }
+    // Only Ethernet and IPv4 linear: the ports are past it.
+    for _ in 0..2 {
+        sender.send(&frame(4001), 34);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    let ip_len = 20 + 8 + 6000;
+    for (sport, packets) in [(4000, 3), (4001, 2)] {
+        let recs: Vec<&Value> = out
+            .flows
+            .iter()
+            .filter(|f| f["port_src"] == sport)
+            .collect();
+        assert_eq!(recs.len(), 1, "port {sport}: {:#?}", out.flows);
+        let r = recs[0];
+        assert_eq!(
+            (
+                r["ip_src"].as_str(),
+                r["ip_dst"].as_str(),
+                r["port_dst"].as_u64(),
+                r["packets"].as_u64(),
+                r["bytes"].as_u64()
+            ),
+            (
+                Some("10.9.0.1"),
+                Some("10.9.0.2"),
+                Some(5000),
+                Some(packets),
+                Some(packets * ip_len)
+            ),
+            "port {sport}: {r:#}"
+        );
+    }
+    assert_eq!(out.flows.len(), 2, "{:#?}", out.flows);
 }
 
 #[test]
