@@ -1,6 +1,7 @@
 //! Builds the eBPF programs (flowagent-ebpf, target bpfel-unknown-none) with
-//! the nightly toolchain and bpf-linker, and leaves the object in OUT_DIR for
-//! `include_bytes_aligned!`. `cargo xtask setup` installs what this needs.
+//! the dated nightly that `flowagent-ebpf/rust-toolchain.toml` pins and
+//! bpf-linker, and leaves the object in OUT_DIR for `include_bytes_aligned!`.
+//! `cargo xtask setup` installs what this needs.
 //!
 //! Also generates the gRPC code (prost messages, tonic client and server)
 //! from `proto/flowagent/v1/flow.proto`, with the protoc that the
@@ -9,6 +10,10 @@
 
 use anyhow::{Context as _, anyhow};
 
+// The same reading of rust-toolchain.toml as `cargo xtask setup` uses.
+#[path = "../xtask/src/toolchain.rs"]
+mod toolchain;
+
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let workspace = std::path::Path::new(&manifest_dir)
@@ -16,6 +21,16 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("flowagent crate has no parent directory"))?;
     compile_protos(workspace)?;
     let root = workspace.join("flowagent-ebpf");
+    let toolchain_file = root.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", toolchain_file.display());
+    let toolchain_text = std::fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("reading {}", toolchain_file.display()))?;
+    let toolchain = toolchain::channel(&toolchain_text).with_context(|| {
+        format!(
+            "{} has no `channel = \"...\"` line",
+            toolchain_file.display()
+        )
+    })?;
     let root = root
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
@@ -25,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(toolchain),
     )
     .context("building the eBPF programs failed; run `cargo xtask setup` to install nightly, rust-src and bpf-linker")
 }

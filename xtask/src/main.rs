@@ -8,6 +8,7 @@ mod build;
 mod run;
 mod setup;
 mod test;
+mod toolchain;
 mod util;
 
 use clap::{Parser, Subcommand};

@@ -1,20 +1,30 @@
 //! `cargo xtask setup`: everything a fresh machine needs, installed only when
 //! missing, so it is cheap to call before every build and test.
 //!
-//! - the nightly toolchain with rust-src (the eBPF crate builds `core` itself);
-//! - bpf-linker 0.13, linked against the libLLVM 22 that nightly ships (no
-//!   system LLVM needed): a prefix directory whose `lib/` links to nightly's
-//!   libLLVM is passed as LLVM_PREFIX to `cargo install`;
+//! - the eBPF toolchain with rust-src (the eBPF crate builds `core` itself):
+//!   the dated nightly that `flowagent-ebpf/rust-toolchain.toml` pins;
+//! - bpf-linker 0.13, linked against the libLLVM 22 that this nightly ships
+//!   (no system LLVM needed): a prefix directory whose `lib/` links to the
+//!   toolchain's libLLVM is passed as LLVM_PREFIX to `cargo install`;
 //! - the Debian packages the end-to-end tests and the benchmark use.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{output, run as run_cmd, succeeds};
+use crate::util::{ebpf_toolchain, output, run as run_cmd, succeeds};
 
-/// bpf-linker release known to work with nightly's LLVM 22 here.
+/// bpf-linker release known to work with the pinned nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The libLLVM major version bpf-linker is built for; it must be the one the
+/// pinned nightly ships (rustc's LLVM), or the linker cannot read its bitcode.
+const LLVM_MAJOR: &str = "22";
+
+/// Components of the eBPF toolchain: rust-src (build-std=core for the BPF
+/// target) and clippy (the eBPF lint pass of `cargo xtask test`). The same
+/// list as `components` in flowagent-ebpf/rust-toolchain.toml.
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
 /// Debian packages the tests use: iproute2 (ip netns, veth), bpftool (checks
 /// that nothing is left attached), util-linux (setpriv, unshare for the
@@ -35,8 +45,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
-    ensure_nightly()?;
-    ensure_bpf_linker()?;
+    let toolchain = ebpf_toolchain()?;
+    ensure_toolchain(&toolchain)?;
+    ensure_bpf_linker(&toolchain)?;
     ensure_debian_packages(DEBIAN_PACKAGES)?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -44,61 +55,71 @@ pub fn run() -> anyhow::Result<()> {
 
 /// True when everything `build` needs is present (no network access).
 pub fn ready() -> bool {
-    nightly_has_rust_src() && bpf_linker_works()
+    ebpf_toolchain().is_ok_and(|t| toolchain_complete(&t) && bpf_linker_works(&t))
 }
 
-fn nightly_has_rust_src() -> bool {
+/// Whether `toolchain` is installed with every one of [`EBPF_COMPONENTS`].
+fn toolchain_complete(toolchain: &str) -> bool {
     Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
         .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+            let installed = String::from_utf8_lossy(&o.stdout);
+            o.status.success()
+                && EBPF_COMPONENTS.iter().all(|c| {
+                    installed
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
+                })
         })
 }
 
-fn ensure_nightly() -> anyhow::Result<()> {
-    if nightly_has_rust_src() {
+fn ensure_toolchain(toolchain: &str) -> anyhow::Result<()> {
+    if toolchain_complete(toolchain) {
         return Ok(());
     }
-    run_cmd(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
-    .context("installing the nightly toolchain with rust-src")
+    // A dated nightly never changes once installed, so this runs once per
+    // machine; `rustup toolchain install nightly` would instead move to
+    // whatever nightly is newest, with whatever LLVM it ships.
+    let mut install = Command::new("rustup");
+    install.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+    for component in EBPF_COMPONENTS {
+        install.args(["--component", component]);
+    }
+    run_cmd(&mut install)
+        .with_context(|| format!("installing the {toolchain} toolchain with {EBPF_COMPONENTS:?}"))
 }
 
-fn bpf_linker_works() -> bool {
-    // aya-build runs bpf-linker through `rustup run nightly`, which puts
-    // nightly's libLLVM on the library path; check it the same way.
+fn bpf_linker_works(toolchain: &str) -> bool {
+    // aya-build runs bpf-linker through `rustup run TOOLCHAIN`, which puts
+    // the toolchain's libLLVM on the library path; check it the same way.
     Command::new("rustup")
-        .args(["run", "nightly", "bpf-linker", "--version"])
+        .args(["run", toolchain, "bpf-linker", "--version"])
         .output()
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
         })
 }
 
-fn ensure_bpf_linker() -> anyhow::Result<()> {
-    if bpf_linker_works() {
+fn ensure_bpf_linker(toolchain: &str) -> anyhow::Result<()> {
+    if bpf_linker_works(toolchain) {
         return Ok(());
     }
     let sysroot = PathBuf::from(
-        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+        output(Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]))?
+            .trim(),
     );
     let libdir = sysroot.join("lib");
     let llvm = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so.22"))
+        .find(|n| n.starts_with(&format!("libLLVM.so.{LLVM_MAJOR}.")))
         .with_context(|| {
             format!(
-                "nightly at {} ships no libLLVM.so.22*; bpf-linker {BPF_LINKER_VERSION} needs LLVM 22",
+                "{toolchain} at {} ships no libLLVM.so.{LLVM_MAJOR}.*; bpf-linker is built \
+                 for LLVM {LLVM_MAJOR}: change LLVM_MAJOR in xtask/src/setup.rs with the \
+                 channel in flowagent-ebpf/rust-toolchain.toml",
                 sysroot.display()
             )
         })?;
@@ -107,7 +128,7 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
-    let prefix = home.join("flowagent-llvm22");
+    let prefix = home.join(format!("flowagent-llvm{LLVM_MAJOR}"));
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)
         .with_context(|| format!("creating {}", prefix_lib.display()))?;
@@ -118,9 +139,11 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
             .with_context(|| format!("linking {}", link.display()))?;
     }
     run_cmd(
-        Command::new("cargo")
+        Command::new("rustup")
             .args([
-                "+nightly",
+                "run",
+                toolchain,
+                "cargo",
                 "install",
                 "bpf-linker",
                 "--locked",
@@ -129,13 +152,13 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
                 BPF_LINKER_VERSION,
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{LLVM_MAJOR}"),
             ])
             .env("LLVM_PREFIX", &prefix),
     )
-    .context("building bpf-linker against nightly's libLLVM")?;
-    if !bpf_linker_works() {
-        bail!("bpf-linker was installed but `rustup run nightly bpf-linker --version` fails");
+    .with_context(|| format!("building bpf-linker against {toolchain}'s libLLVM"))?;
+    if !bpf_linker_works(toolchain) {
+        bail!("bpf-linker was installed but `rustup run {toolchain} bpf-linker --version` fails");
     }
     Ok(())
 }

@@ -31,13 +31,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !opts.no_lint {
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
         run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-        // The eBPF crate only builds for the BPF target, with nightly.
+        // The eBPF crate only builds for the BPF target, with its nightly.
+        let toolchain = crate::util::ebpf_toolchain()?;
         run_cmd(
             Command::new("rustup")
                 .current_dir(crate::util::workspace_root())
                 .args([
                     "run",
-                    "nightly",
+                    &toolchain,
                     "cargo",
                     "clippy",
                     "--package",

@@ -45,6 +45,18 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// The toolchain the eBPF crate builds with: the `channel` of
+/// `flowagent-ebpf/rust-toolchain.toml` (flowagent/build.rs reads it the same
+/// way, for aya-build).
+pub fn ebpf_toolchain() -> anyhow::Result<String> {
+    let path = workspace_root().join("flowagent-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    crate::toolchain::channel(&text)
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no `channel = \"...\"` line", path.display()))
+}
+
 /// A `cargo` command run from the workspace root.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -61,4 +73,20 @@ pub fn is_root() -> bool {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ebpf_toolchain_is_a_dated_nightly() {
+        let channel = ebpf_toolchain().unwrap();
+        let date = channel.strip_prefix("nightly-").unwrap();
+        assert_eq!(date.len(), "2026-05-20".len(), "{channel}");
+        assert!(
+            date.bytes().all(|b| b.is_ascii_digit() || b == b'-'),
+            "{channel}"
+        );
+    }
 }
