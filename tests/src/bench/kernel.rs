@@ -151,11 +151,24 @@ impl Drop for BpfStats {
     }
 }
 
+/// Which flows a scenario's packets belong to.
+#[derive(Clone, Copy, PartialEq)]
+enum Flows {
+    /// Every packet of one flow.
+    One,
+    /// 65536 flows (the low 16 bits of the IPv4 source random per packet),
+    /// all seen once before the measured send: each packet updates an
+    /// existing flow in a random cache line, the end-to-end traffic.
+    Random65536,
+    /// A random IPv4 source per packet: nearly every packet a new flow.
+    NewPerPacket,
+}
+
 struct Scenario {
     name: &'static str,
     prog: &'static str,
     v6: bool,
-    random_src: bool,
+    flows: Flows,
     sampling: u32,
     max_flows: u32,
     target_ns: Option<f64>,
@@ -171,7 +184,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "no-op XDP program",
             prog: names::PROG_NOOP,
             v6: false,
-            random_src: false,
+            flows: Flows::One,
             sampling: 1,
             max_flows: 1024,
             target_ns: None,
@@ -180,7 +193,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "existing IPv4 flow",
             prog: names::PROG_XDP,
             v6: false,
-            random_src: false,
+            flows: Flows::One,
             sampling: 1,
             max_flows: 1024,
             target_ns: Some(50.0),
@@ -189,16 +202,27 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "existing IPv6 flow",
             prog: names::PROG_XDP,
             v6: true,
-            random_src: false,
+            flows: Flows::One,
             sampling: 1,
             max_flows: 1024,
             target_ns: Some(70.0),
         },
         Scenario {
+            name: "65536 existing IPv4 flows, random per packet",
+            prog: names::PROG_XDP,
+            v6: false,
+            flows: Flows::Random65536,
+            sampling: 1,
+            // As the end-to-end section runs the agent: a cache of 131072
+            // entries per CPU (half full), maps of 131072.
+            max_flows: 131_072,
+            target_ns: None,
+        },
+        Scenario {
             name: "new IPv4 flow per packet",
             prog: names::PROG_XDP,
             v6: false,
-            random_src: true,
+            flows: Flows::NewPerPacket,
             sampling: 1,
             max_flows: big_map,
             target_ns: None,
@@ -207,7 +231,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "map full (1024 entries), new flows",
             prog: names::PROG_XDP,
             v6: false,
-            random_src: true,
+            flows: Flows::NewPerPacket,
             sampling: 1,
             max_flows: 1024,
             target_ns: None,
@@ -216,7 +240,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "existing IPv4 flow, sampling 1:100",
             prog: names::PROG_XDP,
             v6: false,
-            random_src: false,
+            flows: Flows::One,
             sampling: 100,
             max_flows: 1024,
             target_ns: Some(10.0),
@@ -225,7 +249,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             name: "existing IPv4 flow, sampling 1:1000",
             prog: names::PROG_XDP,
             v6: false,
-            random_src: false,
+            flows: Flows::One,
             sampling: 1000,
             max_flows: 1024,
             target_ns: None,
@@ -242,8 +266,17 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
     for _ in 0..reps {
         for (s, samples) in scenarios.iter().zip(&mut raw) {
             let frame = if s.v6 { frame_v6() } else { frame_v4() };
-            trafgen::write_config(&conf, &frame, s.random_src.then_some((V4_SRC_AT, 4)));
+            let random = match s.flows {
+                Flows::One => None,
+                Flows::Random65536 => Some((V4_SRC_AT + 2, 2)),
+                Flows::NewPerPacket => Some((V4_SRC_AT, 4)),
+            };
+            trafgen::write_config(&conf, &frame, random);
             let ebpf = attach(lab.obs.name(), "gb", s.prog, s.sampling, s.max_flows);
+            if s.flows == Flows::Random65536 {
+                // Every flow in (nothing drains: the bench holds the maps).
+                trafgen::send(lab.gen_ns.name(), "ga", &conf, packets);
+            }
             let (t0, n0) = stats(&ebpf, s.prog);
             trafgen::send(lab.gen_ns.name(), "ga", &conf, packets);
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -263,10 +296,11 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         format!(
             "native XDP on veth, {} B frames, {packets} packets from trafgen on 1 CPU, {}{}; {reps} rounds, each against the no-op of its round",
             if s.v6 { 64 } else { 60 },
-            if s.random_src {
-                "random IPv4 source per packet"
-            } else {
-                "one flow"
+            match s.flows {
+                Flows::One => "one flow",
+                Flows::Random65536 =>
+                    "65536 flows (low 16 bits of the IPv4 source random per packet), every flow sent once before the measured packets",
+                Flows::NewPerPacket => "random IPv4 source per packet",
             },
             if s.max_flows == 1024 {
                 String::new()
