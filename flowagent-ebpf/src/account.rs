@@ -3,10 +3,12 @@
 //! Fast path (existing flow): the slot from the CPU's line, the flow's
 //! entry in this CPU's flow cache (an index computed from the key's hash;
 //! the lookup inlined by the verifier), an inlined jiffies read, four
-//! stores. A new flow fills its cache entry, after the FIB lookup (ingress
-//! only). A flow whose cache entry another flow holds goes to the per-CPU
-//! hash map instead (an inlined lookup, or an insert); when that map is full
-//! the packet goes to the overflow counters, so nothing sampled is ever lost.
+//! stores. The cache is two-way: a flow whose own entry another flow holds
+//! tries the other entry of its set (the adjacent line), and a new flow
+//! fills the first empty one of the two, after the FIB lookup (ingress
+//! only). A flow whose set is full goes to the per-CPU hash map instead (an
+//! inlined lookup, or an insert); when that map is full the packet goes to
+//! the overflow counters, so nothing sampled is ever lost.
 
 use core::mem::size_of;
 
@@ -241,26 +243,28 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
     // The resolution (1/HZ, 1-10 ms) is what flow timestamps need.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    if let Some(entry) = K::cached(job.cpu.cache_index(SLOT, K::FAMILY, key.cache_hash())) {
+    // The flow's own cache entry, then the other way of its set; entries
+    // are emptied only by the drain, so a flow found in neither way before
+    // an empty one is new. The entry is chosen first and filled by one copy
+    // of the code below: two inlined copies of the fill (FIB request and
+    // all) took the TC program past the verifier's 512-byte stack.
+    let own = job.cpu.cache_index(SLOT, K::FAMILY, key.cache_hash());
+    let entry = cache_way(key, own).or_else(|| cache_way(key, job.cpu.cache_buddy(K::FAMILY, own)));
+    if let Some(entry) = entry {
         // SAFETY: this CPU's own cache entry: only programs on this CPU
         // write it, and they do not nest; the agent touches it only after
         // the flip that retired the slot.
         let entry = unsafe { &mut *entry };
-        let held = entry.packets() != 0;
-        if held && entry.key().same(key) {
-            add(entry, meta, now);
-            return;
-        }
-        if !held {
+        if entry.packets() == 0 {
             // Empty (the agent zeroes what it drains): the flow takes it.
             entry.set_key(key);
             init(ctx, entry, job, now);
-            add(entry, meta, now);
             count_entry(SLOT, K::CACHED as u32);
-            return;
         }
-        // Held by another flow: this one goes to the hash map.
+        add(entry, meta, now);
+        return;
     }
+    // Both ways held by other flows: this one goes to the hash map.
     if let Some(stats) = map.get_ptr_mut(key) {
         // SAFETY: the value is this CPU's copy; no other writer runs on it.
         let stats = unsafe { &mut *stats };
@@ -315,6 +319,17 @@ fn update<C: EbpfContext, K: FlowKey, F: Frame, const SLOT: u32>(ctx: &C, job: &
         *value = stats;
     }
     route(ctx, value, job);
+}
+
+/// Cache entry `index` if it holds `key`'s flow or is empty (the flow may
+/// take it); None when another flow holds it, or without a cache (the
+/// index is then past the array's end).
+#[inline(always)]
+fn cache_way<K: FlowKey>(key: &K, index: u32) -> Option<*mut K::Cached> {
+    let entry = K::cached(index)?;
+    // SAFETY: this CPU's own entry (see `update`), only read here.
+    let held = unsafe { &*entry };
+    (held.packets() == 0 || held.key().same(key)).then_some(entry)
 }
 
 #[inline(always)]

@@ -195,6 +195,15 @@ impl Cpu {
         };
         base + (hash & mask)
     }
+
+    /// The other way of the set of cache entry `index` of `family`
+    /// (`flowagent_common::cache_buddy`).
+    #[inline(always)]
+    pub fn cache_buddy(self, family: u32, index: u32) -> u32 {
+        // SAFETY: as in `cache_index`.
+        let mask = unsafe { (*self.line).cache_mask[(family & 1) as usize] };
+        flowagent_common::cache_buddy(index, mask)
+    }
 }
 
 /// Adds 1 to `*runs` with BPF's atomic fetch-and-add, which the JITs turn

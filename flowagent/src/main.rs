@@ -35,7 +35,7 @@ struct Cli {
     max_flows: Option<u32>,
     /// Entries of each CPU's IPv4 flow cache (the IPv6 cache has half as
     /// many), rounded up to a power of two; 0 turns the cache off. The
-    /// cache is a direct-mapped table in front of the flow maps that makes
+    /// cache is a two-way table in front of the flow maps that makes
     /// an existing flow's update one cache line; it costs 256 bytes per
     /// entry and CPU. Default: twice a CPU's share of --max-flows, at least
     /// 1024, at most 64 MiB in all.

@@ -87,8 +87,8 @@ impl Sizes {
 
     /// The default IPv4 cache per CPU: room for twice a CPU's share of
     /// `max_flows` (receive-side scaling spreads flows over CPUs, and a
-    /// direct-mapped table half full sends about a fifth of its flows to
-    /// the hash map), at least 1024 entries, and at most 64 MiB for all
+    /// two-way table half full sends about a tenth of its flows to the hash
+    /// map), at least 1024 entries, and at most 64 MiB for all
     /// caches together ([`CACHE_BYTES_PER_ENTRY`] per entry and CPU). More
     /// flows than that go to the hash maps, unless `--flow-cache` asks for
     /// a larger cache.

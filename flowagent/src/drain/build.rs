@@ -61,6 +61,8 @@ const RANGES_PER_THREAD: usize = 8;
 /// Cache indexes per range a scanning thread takes: 16k entries per CPU
 /// (2 MiB each), large enough that taking ranges costs nothing measurable.
 const SCAN_RANGE: u32 = 16 * 1024;
+// A range must cover whole two-way sets (`Cache::scan`).
+const _: () = assert!(SCAN_RANGE.is_multiple_of(2));
 
 /// Range `i` of `ranges` on a table of `buckets` buckets; the last range is
 /// open-ended so no bucket is missed whatever the kernel rounded the table

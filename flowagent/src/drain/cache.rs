@@ -1,14 +1,15 @@
 //! The programs' flow caches, read and emptied through a memory mapping.
 //!
-//! Each family has one mmapable array holding every CPU's direct-mapped
-//! cache for both slots (layout: `flowagent_common::cache_index`). A flow
-//! sits at index `cache_hash(key) & mask` of every CPU cache it was seen
-//! in, so the entries of one flow on several CPUs are found side by side,
-//! without a hash table in userspace. A flow whose cache entry another flow
-//! held on some CPU was counted in the hash map there instead: the hash
-//! walk folds such an entry into the cached one holding the same key
-//! ([`Cache::absorb`]) before the scan ([`Cache::scan`]) turns each cached
-//! flow into one record, so a flow still gives exactly one record.
+//! Each family has one mmapable array holding every CPU's two-way cache
+//! for both slots (layout: `flowagent_common::cache_index`). A flow sits in
+//! one of the two entries of the set `cache_hash(key) & mask` belongs to
+//! (`flowagent_common::cache_buddy`) in every CPU cache it was seen in, so
+//! the entries of one flow on several CPUs are found within one set,
+//! without a hash table in userspace. A flow whose set was full on some CPU
+//! was counted in the hash map there instead: the hash walk folds such an
+//! entry into the cached one holding the same key ([`Cache::absorb`])
+//! before the scan ([`Cache::scan`]) turns each cached flow into one
+//! record, so a flow still gives exactly one record.
 //!
 //! Invariant: only the slot the programs no longer write (after the
 //! drain's flip) is read or written here, and every entry read is
@@ -17,7 +18,9 @@
 use std::io;
 
 use aya::maps::MapData;
-use flowagent_common::{CacheEntry, CacheKey, CachedV4, CachedV6, FlowStats, SLOTS, cache_index};
+use flowagent_common::{
+    CacheEntry, CacheKey, CachedV4, CachedV6, FlowStats, SLOTS, cache_buddy, cache_index,
+};
 
 use super::sys::MappedArray;
 use crate::flow::merge_per_cpu;
@@ -96,6 +99,14 @@ impl<E: Entry> Cache<E> {
         self.bits.map_or(0, |b| 1 << b)
     }
 
+    /// The entries of the set of entry `at`: itself and, in a cache of
+    /// more than one entry, the other way (`cache_buddy`).
+    fn ways(&self, at: u32) -> impl Iterator<Item = u32> + use<E> {
+        let mask = self.entries().saturating_sub(1);
+        let buddy = cache_buddy(at, mask);
+        std::iter::once(at).chain((buddy != at).then_some(buddy))
+    }
+
     /// Entries of one slot over every CPU: what a scan of the slot reads.
     pub fn slot_entries(&self) -> usize {
         self.entries() as usize * self.cpus as usize
@@ -125,16 +136,18 @@ impl<E: Entry> Cache<E> {
         let Some(bits) = self.bits else {
             return false;
         };
-        let at = key.cache_hash() & ((1 << bits) - 1);
+        let own = key.cache_hash() & ((1 << bits) - 1);
         for cpu in 0..self.cpus {
-            let entry = self.entry(slot, cpu, at);
-            // SAFETY: in bounds (see `entry`); exclusive per the contract.
-            let entry = unsafe { &mut *entry };
-            if entry.packets() != 0 && entry.key().same(key) {
-                if let Some(merged) = merge_per_cpu([&entry.stats(anchor), stats]) {
-                    entry.set_stats(&merged);
+            for at in self.ways(own) {
+                let entry = self.entry(slot, cpu, at);
+                // SAFETY: in bounds (see `entry`); exclusive per the contract.
+                let entry = unsafe { &mut *entry };
+                if entry.packets() != 0 && entry.key().same(key) {
+                    if let Some(merged) = merge_per_cpu([&entry.stats(anchor), stats]) {
+                        entry.set_stats(&merged);
+                    }
+                    return true;
                 }
-                return true;
             }
         }
         false
@@ -143,7 +156,8 @@ impl<E: Entry> Cache<E> {
     /// Calls `each` with every flow held at indexes `range` of `slot`'s
     /// caches, its copies on every CPU merged, and empties those entries.
     /// Returns the entries read (one per flow and CPU). `anchor`: kernel
-    /// jiffies at this drain.
+    /// jiffies at this drain. `range` covers whole sets: it starts at an
+    /// even index and ends at an even one or at the cache's end.
     ///
     /// # Safety
     /// No program writes `slot`, and no other thread reads or writes these
@@ -158,22 +172,31 @@ impl<E: Entry> Cache<E> {
         let Some(bits) = self.bits else {
             return 0;
         };
+        debug_assert!(
+            range.start.is_multiple_of(2),
+            "a scan range starts inside a set"
+        );
         let mut read = 0;
-        for at in range.start..range.end.min(1 << bits) {
+        // Every copy of a set's flows, on every CPU, in either way.
+        let mut set: Vec<*mut E> = Vec::with_capacity(2 * self.cpus as usize);
+        for first in (range.start..range.end.min(1 << bits)).step_by(2) {
+            set.clear();
             for cpu in 0..self.cpus {
-                let first = self.entry(slot, cpu, at);
+                set.extend(self.ways(first).map(|at| self.entry(slot, cpu, at)));
+            }
+            for (i, &held) in set.iter().enumerate() {
                 // SAFETY: in bounds; exclusive per the contract.
-                let first = unsafe { &mut *first };
-                if first.packets() == 0 {
+                let held = unsafe { &mut *held };
+                if held.packets() == 0 {
                     continue;
                 }
                 read += 1;
-                let key = *first.key();
-                let mut stats = first.stats(anchor);
-                // The same flow on later CPUs: same index, same key.
-                for other in cpu + 1..self.cpus {
-                    let other = self.entry(slot, other, at);
-                    // SAFETY: as above; a different entry than `first`.
+                let key = *held.key();
+                let mut stats = held.stats(anchor);
+                // The same flow later in the set: another CPU's copy (a CPU
+                // holds a flow in one way only).
+                for &other in &set[i + 1..] {
+                    // SAFETY: as above; a different entry than `held`.
                     let other = unsafe { &mut *other };
                     if other.packets() != 0 && other.key().same(&key) {
                         read += 1;
@@ -185,7 +208,7 @@ impl<E: Entry> Cache<E> {
                     }
                 }
                 // SAFETY: as above.
-                unsafe { std::ptr::write_bytes(first as *mut E, 0, 1) };
+                unsafe { std::ptr::write_bytes(held as *mut E, 0, 1) };
                 each(&key, &stats);
             }
         }
@@ -225,15 +248,22 @@ mod tests {
         }
     }
 
-    /// Puts `key` into CPU `cpu`'s cache of `slot` as a program would.
-    fn put(cache: &Cache<CachedV4>, slot: u32, cpu: u32, key: FlowKeyV4, s: FlowStats) {
-        let at = key.cache_hash() & (cache.entries() - 1);
-        let entry = cache.entry(slot, cpu, at);
-        // SAFETY: in bounds; the test is the only user.
-        unsafe {
-            (*entry).set_key(&key);
-            (*entry).set_stats(&s);
+    /// Puts `key` into CPU `cpu`'s cache of `slot` as a program would: in
+    /// the first empty way of its set. False when both are held.
+    fn put(cache: &Cache<CachedV4>, slot: u32, cpu: u32, key: FlowKeyV4, s: FlowStats) -> bool {
+        let own = key.cache_hash() & (cache.entries() - 1);
+        for at in cache.ways(own) {
+            let entry = cache.entry(slot, cpu, at);
+            // SAFETY: in bounds; the test is the only user.
+            unsafe {
+                if (*entry).packets == 0 {
+                    (*entry).set_key(&key);
+                    (*entry).set_stats(&s);
+                    return true;
+                }
+            }
         }
+        false
     }
 
     fn scan_all(cache: &Cache<CachedV4>, slot: u32) -> (usize, Vec<(FlowKeyV4, FlowStats)>) {
@@ -248,11 +278,11 @@ mod tests {
     #[test]
     fn one_record_per_flow_across_cpus_and_the_hash_map() {
         let cache = Cache::<CachedV4>::owned(3, 4);
-        put(&cache, 1, 0, key(1), stats(2, 100));
-        put(&cache, 1, 2, key(1), stats(3, 90));
-        put(&cache, 1, 1, key(2), stats(1, 50));
+        assert!(put(&cache, 1, 0, key(1), stats(2, 100)));
+        assert!(put(&cache, 1, 2, key(1), stats(3, 90)));
+        assert!(put(&cache, 1, 1, key(2), stats(1, 50)));
         // Slot 0 is not the drained one: left alone.
-        put(&cache, 0, 0, key(3), stats(7, 10));
+        assert!(put(&cache, 0, 0, key(3), stats(7, 10)));
         // key(1) was also counted in the hash map on CPU 1.
         // SAFETY: the test is the only user.
         assert!(unsafe { cache.absorb(1, &key(1), &stats(4, 95), ANCHOR) });
@@ -275,12 +305,43 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_in_different_ways_on_two_cpus_is_one_record() {
+        // Two entries per CPU: one set, whose ways are entries 0 and 1.
+        let cache = Cache::<CachedV4>::owned(2, 1);
+        let own = |n: u8| key(n).cache_hash() & 1;
+        let a = 1;
+        let b = (2..=255).find(|&n| own(n) == own(a)).unwrap();
+        let c = (2..=255).find(|&n| n != b).unwrap();
+        // CPU 0 sees a then b, CPU 1 b then a: a sits in its own entry on
+        // CPU 0 and in the other way on CPU 1, and b the other way round.
+        assert!(put(&cache, 0, 0, key(a), stats(1, 10)));
+        assert!(put(&cache, 0, 0, key(b), stats(2, 20)));
+        assert!(put(&cache, 0, 1, key(b), stats(4, 15)));
+        assert!(put(&cache, 0, 1, key(a), stats(8, 5)));
+        // The set is full on both CPUs: c was counted in the hash map, and
+        // no cache entry takes it; a's hash-map copy is folded into a.
+        assert!(!put(&cache, 0, 0, key(c), stats(1, 1)));
+        // SAFETY: the test is the only user.
+        assert!(!unsafe { cache.absorb(0, &key(c), &stats(16, 1), ANCHOR) });
+        // SAFETY: as above.
+        assert!(unsafe { cache.absorb(0, &key(a), &stats(32, 1), ANCHOR) });
+        let (read, flows) = scan_all(&cache, 0);
+        assert_eq!(read, 4);
+        let mut got: Vec<(u8, u64)> = flows.iter().map(|(k, s)| (k.src[3], s.packets)).collect();
+        got.sort();
+        let mut want = vec![(a, 1 + 8 + 32), (b, 2 + 4)];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(scan_all(&cache, 0), (0, vec![]));
+    }
+
+    #[test]
     fn colliding_flows_on_different_cpus_stay_apart() {
         // With one entry per CPU every key collides: two flows at the same
         // index on two CPUs are two records.
         let cache = Cache::<CachedV4>::owned(2, 0);
-        put(&cache, 0, 0, key(1), stats(1, 10));
-        put(&cache, 0, 1, key(2), stats(2, 20));
+        assert!(put(&cache, 0, 0, key(1), stats(1, 10)));
+        assert!(put(&cache, 0, 1, key(2), stats(2, 20)));
         let (read, flows) = scan_all(&cache, 0);
         assert_eq!(read, 2);
         assert_eq!(

@@ -12,8 +12,8 @@
 //!
 //! A slot of one family is a per-CPU hash map and every CPU's flow cache
 //! (see [`cache`]): most flows are in the caches, read through a memory
-//! mapping; the hash map holds the flows whose cache entry another flow
-//! took, and is walked first so that a flow found in both gives one record.
+//! mapping; the hash map holds the flows whose cache set (two entries) other
+//! flows took, and is walked first so that a flow found in both gives one record.
 //!
 //! Cost of the hash walk (drain bench, 1M IPv4 flows, 2 CPUs, no cache): the
 //! kernel's batch walk is about 0.45 us per entry whether or not it deletes
