@@ -23,14 +23,7 @@ fn main() -> anyhow::Result<()> {
     let root = workspace.join("flowagent-ebpf");
     let toolchain_file = root.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", toolchain_file.display());
-    let toolchain_text = std::fs::read_to_string(&toolchain_file)
-        .with_context(|| format!("reading {}", toolchain_file.display()))?;
-    let toolchain = toolchain::channel(&toolchain_text).with_context(|| {
-        format!(
-            "{} has no `channel = \"...\"` line",
-            toolchain_file.display()
-        )
-    })?;
+    let toolchain = toolchain::read_channel(&toolchain_file).map_err(anyhow::Error::msg)?;
     let root = root
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
@@ -40,7 +33,7 @@ fn main() -> anyhow::Result<()> {
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::Custom(toolchain),
+        aya_build::Toolchain::Custom(&toolchain),
     )
     .context("building the eBPF programs failed; run `cargo xtask setup` to install nightly, rust-src and bpf-linker")
 }

@@ -201,3 +201,19 @@ pub fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     install.args(&missing);
     run_cmd(&mut install).with_context(|| format!("installing {missing:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EBPF_COMPONENTS;
+
+    /// The components setup installs are the ones rust-toolchain.toml names,
+    /// so that the two lists cannot drift apart.
+    #[test]
+    fn components_match_the_toolchain_file() {
+        let path = crate::util::workspace_root().join("flowagent-ebpf/rust-toolchain.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let quoted: Vec<String> = EBPF_COMPONENTS.iter().map(|c| format!("\"{c}\"")).collect();
+        let line = format!("components = [{}]", quoted.join(", "));
+        assert!(text.lines().any(|l| l.trim() == line), "no `{line}` line");
+    }
+}

@@ -4,6 +4,16 @@
 //! this file too (`#[path]`), so that the toolchain aya-build runs and the one
 //! `cargo xtask setup` installs are read by one piece of code.
 
+/// The channel of the rust-toolchain.toml at `path`, or what is wrong with
+/// it (a plain message: this file has no error crate to use).
+pub fn read_channel(path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    channel(&text)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} has no `channel = \"...\"` line", path.display()))
+}
+
 /// The value of the `channel = "..."` line of a rust-toolchain.toml; None
 /// when there is no such line (a comment or another key does not count).
 pub fn channel(text: &str) -> Option<&str> {

@@ -50,11 +50,7 @@ pub fn workspace_root() -> PathBuf {
 /// way, for aya-build).
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
     let path = workspace_root().join("flowagent-ebpf/rust-toolchain.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    crate::toolchain::channel(&text)
-        .map(str::to_owned)
-        .with_context(|| format!("{} has no `channel = \"...\"` line", path.display()))
+    crate::toolchain::read_channel(&path).map_err(anyhow::Error::msg)
 }
 
 /// A `cargo` command run from the workspace root.
