@@ -108,7 +108,7 @@ impl Mode {
             Mode::XdpGeneric => {
                 super::kernel::attach_xdp(ns, "gb", PROG_NOOP, 1, 1024, XdpMode::Skb)
             }
-            Mode::Tc => super::kernel::attach_tc(ns, "gb", PROG_TC_NOOP),
+            Mode::Tc => super::kernel::attach_tc(ns, "gb", PROG_TC_NOOP, 1, 1024),
         }
     }
 }
@@ -194,6 +194,14 @@ fn run_once(
     }
 }
 
+/// `runs` less `base`, repetition by repetition: each sample against the
+/// baseline measured in its own repetition (minutes apart at most), so that
+/// drift in the machine's load between repetitions cancels instead of
+/// widening the spread.
+fn paired(runs: &[f64], base: &[f64]) -> Vec<f64> {
+    runs.iter().zip(base).map(|(r, b)| r - b).collect()
+}
+
 /// One figure of this section in CPU-seconds per Mpkt.
 fn cpu_figure(name: String, samples: Vec<f64>, pmacctd: Option<f64>, conditions: &str) -> Figure {
     let value = median(&samples);
@@ -212,7 +220,7 @@ fn cpu_figure(name: String, samples: Vec<f64>, pmacctd: Option<f64>, conditions:
 /// The figures, unsampled and at 1:100, for every attach mode.
 pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
     let packets: u64 = if quick { 300_000 } else { 2_000_000 };
-    let reps = if quick { 1 } else { 3 };
+    let reps = if quick { 1 } else { 5 };
     let lab = Lab::new("be");
     let conf = dir.join("e2e.cfg");
     trafgen::write_config(&conf, &frame_v4(), Some((SRC_LOW_AT, 2)));
@@ -261,10 +269,10 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
                 .collect()
         };
         let cpu = |v: Variant| cpu_of(v, Traffic::Linear);
-        let base = median(&cpu(Variant::Nothing));
-        let above = |v: Variant| -> Vec<f64> { cpu(v).iter().map(|c| c - base).collect() };
+        let nothing = cpu(Variant::Nothing);
+        let above = |v: Variant| paired(&cpu(v), &nothing);
         let conditions = format!(
-            "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen on 1 CPU (one sendto(2) per frame: linear skbs), sampling 1:{sampling}, {reps} repetition(s)"
+            "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen on 1 CPU (one sendto(2) per frame: linear skbs), sampling 1:{sampling}, {reps} repetition(s), each against the baseline of its own repetition"
         );
         let rate = format!("1:{sampling}");
         figures.push(cpu_figure(
@@ -283,8 +291,6 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
         ));
         for mode in Mode::ALL {
             let label = mode.label();
-            let noop = above(Variant::Noop(mode));
-            let noop_m = median(&noop);
             figures.push(cpu_figure(
                 format!("{label}: flowagent above nothing, {rate}"),
                 above(Variant::Flowagent(mode)),
@@ -293,7 +299,7 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
             ));
             figures.push(cpu_figure(
                 format!("{label}: no-op program above nothing, {rate}"),
-                noop,
+                above(Variant::Noop(mode)),
                 None,
                 &conditions,
             ));
@@ -301,10 +307,7 @@ pub fn run(dir: &Path, quick: bool) -> Vec<Figure> {
                 format!(
                     "{label}: flowagent above the no-op program (its program, drain and output), {rate}"
                 ),
-                above(Variant::Flowagent(mode))
-                    .iter()
-                    .map(|c| c - noop_m)
-                    .collect(),
+                paired(&cpu(Variant::Flowagent(mode)), &cpu(Variant::Noop(mode))),
                 Some(pm_m),
                 &conditions,
             ));
@@ -374,10 +377,10 @@ fn ring_figures(
     reps: usize,
 ) -> Vec<Figure> {
     let cpu = |v: Variant| cpu_of(v, Traffic::Ring);
-    let base = median(&cpu(Variant::Nothing));
-    let above = |v: Variant| -> Vec<f64> { cpu(v).iter().map(|c| c - base).collect() };
+    let nothing = cpu(Variant::Nothing);
+    let above = |v: Variant| paired(&cpu(v), &nothing);
     let conditions = format!(
-        "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen's TX ring on 1 CPU (headers past Ethernet in page fragments), sampling 1:1, {reps} repetition(s)"
+        "veth pair, pmacctd (libpcap) on the same veth, 60 B UDP frames, 65536 flows, {packets} packets from trafgen's TX ring on 1 CPU (headers past Ethernet in page fragments), sampling 1:1, {reps} repetition(s), each against the baseline of its own repetition"
     );
     let pm = above(Variant::Pmacctd);
     let pm_m = median(&pm);

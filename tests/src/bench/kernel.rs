@@ -4,7 +4,10 @@
 //!    native XDP program, with `kernel.bpf_stats_enabled=1`; the kernel's
 //!    run_time_ns / run_cnt of the program gives ns per packet. The same is
 //!    measured for a no-op XDP program (which carries the same ~65 ns stats
-//!    overhead) and subtracted.
+//!    overhead) and subtracted. The end-to-end traffic (65536 random flows)
+//!    is also measured in the TC program against a TC no-op, with linear
+//!    skbs as the end-to-end section sends them, so that section's TC
+//!    figures can be read against the program's own share.
 //! 2. BPF_PROG_TEST_RUN: the kernel runs the program N times on one frame
 //!    and reports the average; again against the no-op program.
 //!
@@ -116,10 +119,10 @@ pub fn attach_xdp(
 
 /// Loads the object and attaches the TC classifier `prog` to `iface`'s
 /// ingress in `ns` (tcx on Linux 6.6+, as the agent does).
-pub fn attach_tc(ns: &str, iface: &str, prog: &'static str) -> Ebpf {
+pub fn attach_tc(ns: &str, iface: &str, prog: &'static str, sampling: u32, max_flows: u32) -> Ebpf {
     let iface = iface.to_owned();
     in_netns(ns, move || {
-        let mut ebpf = load(1, 1024);
+        let mut ebpf = load(sampling, max_flows);
         let tc = program::<SchedClassifier>(&mut ebpf, prog).expect("program");
         tc.load().expect("verifier");
         tc.attach(&iface, TcAttachType::Ingress)
@@ -164,8 +167,54 @@ enum Flows {
     NewPerPacket,
 }
 
+/// Where a scenario's program runs, and how its frames are sent.
+#[derive(Clone, Copy, PartialEq)]
+enum Hook {
+    /// Native XDP; frames from trafgen's TX ring (veth copies every frame
+    /// into a page of its own before XDP either way).
+    Xdp,
+    /// tcx ingress; one `sendto(2)` per frame, so the program reads linear
+    /// skbs, as from a NIC driver and as the end-to-end section sends.
+    Tc,
+}
+
+impl Hook {
+    /// The no-op program every scenario on this hook is measured against.
+    fn noop(self) -> &'static str {
+        match self {
+            Hook::Xdp => names::PROG_NOOP,
+            Hook::Tc => names::PROG_TC_NOOP,
+        }
+    }
+
+    /// Loads the object and attaches `prog` here, on the observer's veth.
+    fn attach(self, ns: &str, prog: &'static str, sampling: u32, max_flows: u32) -> Ebpf {
+        match self {
+            Hook::Xdp => attach(ns, "gb", prog, sampling, max_flows),
+            Hook::Tc => attach_tc(ns, "gb", prog, sampling, max_flows),
+        }
+    }
+
+    /// Sends `packets` frames from the generator's veth in `ns`.
+    fn send(self, ns: &str, conf: &Path, packets: u64) {
+        match self {
+            Hook::Xdp => trafgen::send(ns, "ga", conf, packets),
+            Hook::Tc => trafgen::send_linear(ns, "ga", conf, packets),
+        };
+    }
+
+    /// How the figures' conditions describe this hook.
+    fn conditions(self) -> &'static str {
+        match self {
+            Hook::Xdp => "native XDP on veth, frames from trafgen's TX ring",
+            Hook::Tc => "tcx ingress on veth, one sendto(2) per frame (linear skbs)",
+        }
+    }
+}
+
 struct Scenario {
     name: &'static str,
+    hook: Hook,
     prog: &'static str,
     v6: bool,
     flows: Flows,
@@ -182,6 +231,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
     let scenarios = [
         Scenario {
             name: "no-op XDP program",
+            hook: Hook::Xdp,
             prog: names::PROG_NOOP,
             v6: false,
             flows: Flows::One,
@@ -191,6 +241,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "existing IPv4 flow",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::One,
@@ -200,6 +251,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "existing IPv6 flow",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: true,
             flows: Flows::One,
@@ -209,6 +261,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "65536 existing IPv4 flows, random per packet",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::Random65536,
@@ -219,7 +272,28 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             target_ns: None,
         },
         Scenario {
+            name: "no-op TC program",
+            hook: Hook::Tc,
+            prog: names::PROG_TC_NOOP,
+            v6: false,
+            flows: Flows::One,
+            sampling: 1,
+            max_flows: 1024,
+            target_ns: None,
+        },
+        Scenario {
+            name: "65536 existing IPv4 flows, random per packet, TC",
+            hook: Hook::Tc,
+            prog: names::PROG_TC_INGRESS,
+            v6: false,
+            flows: Flows::Random65536,
+            sampling: 1,
+            max_flows: 131_072,
+            target_ns: None,
+        },
+        Scenario {
             name: "new IPv4 flow per packet",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::NewPerPacket,
@@ -229,6 +303,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "map full (1024 entries), new flows",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::NewPerPacket,
@@ -238,6 +313,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "existing IPv4 flow, sampling 1:100",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::One,
@@ -247,6 +323,7 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
         },
         Scenario {
             name: "existing IPv4 flow, sampling 1:1000",
+            hook: Hook::Xdp,
             prog: names::PROG_XDP,
             v6: false,
             flows: Flows::One,
@@ -272,13 +349,15 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
                 Flows::NewPerPacket => Some((V4_SRC_AT, 4)),
             };
             trafgen::write_config(&conf, &frame, random);
-            let ebpf = attach(lab.obs.name(), "gb", s.prog, s.sampling, s.max_flows);
+            let ebpf = s
+                .hook
+                .attach(lab.obs.name(), s.prog, s.sampling, s.max_flows);
             if s.flows == Flows::Random65536 {
                 // Every flow in (nothing drains: the bench holds the maps).
-                trafgen::send(lab.gen_ns.name(), "ga", &conf, packets);
+                s.hook.send(lab.gen_ns.name(), &conf, packets);
             }
             let (t0, n0) = stats(&ebpf, s.prog);
-            trafgen::send(lab.gen_ns.name(), "ga", &conf, packets);
+            s.hook.send(lab.gen_ns.name(), &conf, packets);
             std::thread::sleep(std::time::Duration::from_millis(50));
             let (t1, n1) = stats(&ebpf, s.prog);
             assert!(
@@ -291,10 +370,10 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             drop(ebpf);
         }
     }
-    let noop = median(&raw[0]);
     let conditions = |s: &Scenario| {
         format!(
-            "native XDP on veth, {} B frames, {packets} packets from trafgen on 1 CPU, {}{}; {reps} rounds, each against the no-op of its round",
+            "{}, {} B frames, {packets} packets from trafgen on 1 CPU, {}{}; {reps} rounds, each against the no-op of its round",
+            s.hook.conditions(),
             if s.v6 { 64 } else { 60 },
             match s.flows {
                 Flows::One => "one flow",
@@ -309,25 +388,34 @@ pub fn live(dir: &Path, quick: bool) -> Vec<Figure> {
             }
         )
     };
-    let mut figures = vec![Figure {
-        section: SECTION,
-        name: format!("{} (live, with bpf_stats)", scenarios[0].name),
-        value: noop,
-        unit: "ns/packet",
-        baseline: None,
-        target: None,
-        samples: raw[0].clone(),
-        conditions: conditions(&scenarios[0]),
-    }];
-    for (s, samples) in scenarios.iter().zip(&raw).skip(1) {
-        let above: Vec<f64> = samples.iter().zip(&raw[0]).map(|(v, n)| v - n).collect();
+    let mut figures = Vec::new();
+    for (s, samples) in scenarios.iter().zip(&raw) {
+        if s.prog == s.hook.noop() {
+            figures.push(Figure {
+                section: SECTION,
+                name: format!("{} (live, with bpf_stats)", s.name),
+                value: median(samples),
+                unit: "ns/packet",
+                baseline: None,
+                target: None,
+                samples: samples.clone(),
+                conditions: conditions(s),
+            });
+            continue;
+        }
+        let noop = scenarios
+            .iter()
+            .position(|b| b.prog == s.hook.noop())
+            .map(|at| &raw[at])
+            .expect("every hook has its no-op scenario");
+        let above: Vec<f64> = samples.iter().zip(noop).map(|(v, n)| v - n).collect();
         let value = median(&above);
         figures.push(Figure {
             section: SECTION,
             name: format!("{} (live), above no-op", s.name),
             value,
             unit: "ns/packet",
-            baseline: Some(("no-op program".into(), noop)),
+            baseline: Some(("no-op program".into(), median(noop))),
             target: s.target_ns.map(|t| (format!("<= {t} ns"), value <= t)),
             samples: above,
             conditions: conditions(s),
