@@ -402,8 +402,9 @@ pub struct FirstPacket {
 pub trait Tally {
     /// Packets counted; 0 in an empty cache entry.
     fn packets(&self) -> u64;
-    /// Counts one packet of `ip_len` bytes with these TCP flags at `now`.
-    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64);
+    /// Counts `packets` packets of `bytes` IP bytes in all with these TCP
+    /// flags at `now` (more than one for a GSO skb).
+    fn add(&mut self, packets: u64, bytes: u64, tcp_flags: u8, now: u64);
     /// Fills the first-packet fields.
     fn first(&mut self, first: &FirstPacket);
     /// The FIB's answer: the egress interface and the gateway (an
@@ -418,9 +419,9 @@ impl Tally for FlowStats {
     }
 
     #[inline(always)]
-    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
-        self.packets += 1;
-        self.bytes += ip_len;
+    fn add(&mut self, packets: u64, bytes: u64, tcp_flags: u8, now: u64) {
+        self.packets += packets;
+        self.bytes += bytes;
         self.last_seen = now;
         self.tcp_flags |= tcp_flags;
     }
@@ -472,9 +473,9 @@ impl Tally for CachedV4 {
     }
 
     #[inline(always)]
-    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
-        self.packets += 1;
-        self.bytes += ip_len;
+    fn add(&mut self, packets: u64, bytes: u64, tcp_flags: u8, now: u64) {
+        self.packets += packets;
+        self.bytes += bytes;
         self.last_seen = now as u32;
         self.tcp_flags |= tcp_flags;
     }
@@ -555,8 +556,8 @@ impl Tally for CachedV6 {
     }
 
     #[inline(always)]
-    fn add(&mut self, ip_len: u64, tcp_flags: u8, now: u64) {
-        self.stats.add(ip_len, tcp_flags, now);
+    fn add(&mut self, packets: u64, bytes: u64, tcp_flags: u8, now: u64) {
+        self.stats.add(packets, bytes, tcp_flags, now);
     }
 
     #[inline(always)]
@@ -738,11 +739,11 @@ mod tests {
         for t in [&mut entry as &mut dyn Tally, &mut stats] {
             t.first(&first);
             t.set_route(3, Some(gw));
-            t.add(100, 0x02, (1 << 32) + 40);
-            t.add(60, 0x10, (1 << 32) + 41);
+            t.add(1, 100, 0x02, (1 << 32) + 40);
+            t.add(3, 60, 0x10, (1 << 32) + 41);
         }
         assert_eq!(entry.stats((1 << 32) + 50), stats);
-        assert_eq!(stats.packets, 2);
+        assert_eq!(stats.packets, 4);
         assert_eq!(stats.bytes, 160);
         assert_eq!(stats.tcp_flags, 0x12);
         assert_eq!(stats.last_seen, (1 << 32) + 41);

@@ -48,6 +48,10 @@ pub struct Observation {
     pub ifindex: u32,
     /// `DIRECTION_INGRESS` or `DIRECTION_EGRESS`.
     pub direction: u8,
+    /// Wire packets the frame stands for: 1, or a GSO skb's segments. In
+    /// here rather than a parameter of its own: the TC program's stack is
+    /// at the verifier's 512-byte limit, and this fits in padding.
+    pub segs: u16,
     /// Outer VLAN id already taken out of the frame by the stack (TC), or
     /// [`NO_VLAN_HINT`]. Not an `Option<u16>`: LLVM spills a `None`'s
     /// undefined payload from whatever register is at hand, a pointer at
@@ -68,7 +72,7 @@ pub fn account<C: EbpfContext, F: Frame>(
     obs: &Observation,
 ) {
     let slot = run.slot;
-    match parse(frame, obs.vlan_hint) {
+    match parse(frame, obs.vlan_hint, obs.segs) {
         Parsed::V4(mut key, meta) => {
             key.ifindex = obs.ifindex;
             key.direction = obs.direction;
@@ -100,10 +104,20 @@ pub fn account<C: EbpfContext, F: Frame>(
             );
         }
         Parsed::NonIp => {
-            count(slot, Counter::NonIpPackets as u32, frame_len);
+            count(
+                slot,
+                Counter::NonIpPackets as u32,
+                obs.segs as u64,
+                frame_len,
+            );
         }
         Parsed::Malformed => {
-            count(slot, Counter::MalformedPackets as u32, frame_len);
+            count(
+                slot,
+                Counter::MalformedPackets as u32,
+                obs.segs as u64,
+                frame_len,
+            );
         }
     }
 }
@@ -334,7 +348,7 @@ fn cache_way<K: FlowKey>(key: &K, index: u32) -> Option<*mut K::Cached> {
 
 #[inline(always)]
 fn add<T: Tally>(stats: &mut T, meta: &Meta, now: u64) {
-    stats.add(meta.ip_len as u64, meta.tcp_flags, now);
+    stats.add(meta.packets as u64, meta.ip_len as u64, meta.tcp_flags, now);
 }
 
 /// Fills the first-packet fields of this CPU's copy of a flow.
@@ -417,7 +431,12 @@ fn fib<C: EbpfContext>(ctx: &C, params: &mut FibParams, flags: u32) -> i64 {
 /// and interval (the counter going from zero) so the log cannot flood.
 #[inline(always)]
 fn overflow<C: EbpfContext>(ctx: &C, slot: u32, meta: &Meta) {
-    if count(slot, Counter::OverflowPackets as u32, meta.ip_len as u64) {
+    if count(
+        slot,
+        Counter::OverflowPackets as u32,
+        meta.packets as u64,
+        meta.ip_len as u64,
+    ) {
         warn!(
             ctx,
             "flow map full: new flows are counted in the overflow counters (raise --max-flows)"

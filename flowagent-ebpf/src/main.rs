@@ -32,6 +32,8 @@ pub fn flowagent_xdp(ctx: XdpContext) -> u32 {
         let obs = Observation {
             ifindex: ctx.ingress_ifindex() as u32,
             direction: DIRECTION_INGRESS,
+            // XDP frames are single packets: no GSO before the driver's hook.
+            segs: 1,
             vlan_hint: NO_VLAN_HINT,
             other_ifindex: 0,
         };
@@ -96,15 +98,20 @@ pub fn flowagent_tc_egress(ctx: TcContext) -> i32 {
 fn tc_account(ctx: &TcContext, cpu: maps::Cpu, run: &maps::Run, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: `skb` is the context pointer the kernel passed in.
-    let (ifindex, ingress_ifindex, vlan_present, vlan_tci, len) = unsafe {
+    let (ifindex, ingress_ifindex, vlan_present, vlan_tci, len, gso_segs) = unsafe {
         (
             (*skb).ifindex,
             (*skb).ingress_ifindex,
             (*skb).vlan_present,
             (*skb).vlan_tci,
             (*skb).len,
+            (*skb).gso_segs,
         )
     };
+    // A GSO skb (TSO/USO from the local stack on egress, GRO-merged on
+    // ingress, veth passing either on whole) is gso_segs wire packets;
+    // counted as one, a TCP transfer would show 30-45 times too few.
+    let segs = if gso_segs > 1 { gso_segs as u16 } else { 1 };
     // On ingress the stack has already moved the outer VLAN tag out of the
     // frame into skb metadata (skb_vlan_untag() runs before tc), so it is
     // taken from there; on egress it is there when the tag is offloaded.
@@ -122,6 +129,7 @@ fn tc_account(ctx: &TcContext, cpu: maps::Cpu, run: &maps::Run, direction: u8) {
     let obs = Observation {
         ifindex,
         direction,
+        segs,
         vlan_hint,
         other_ifindex,
     };
@@ -148,6 +156,7 @@ fn tc_account(ctx: &TcContext, cpu: maps::Cpu, run: &maps::Run, direction: u8) {
         maps::count(
             run.slot,
             flowagent_common::Counter::MalformedPackets as u32,
+            segs as u64,
             len as u64,
         );
     }

@@ -229,8 +229,8 @@ unsafe fn count_run(runs: *mut u64) {
 
 /// Adds `packets` and `bytes` to a pair of counters of `slot`.
 #[inline(always)]
-pub fn count(slot: u32, packets_index: u32, bytes: u64) -> bool {
-    let first = bump(slot * COUNTERS_PER_SLOT + packets_index, 1);
+pub fn count(slot: u32, packets_index: u32, packets: u64, bytes: u64) -> bool {
+    let first = bump(slot * COUNTERS_PER_SLOT + packets_index, packets);
     bump(slot * COUNTERS_PER_SLOT + packets_index + 1, bytes);
     first
 }

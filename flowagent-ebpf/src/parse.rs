@@ -14,6 +14,10 @@ use flowagent_common::{FlowKeyV4, FlowKeyV6};
 use crate::load::{be16, bytes4, bytes16};
 
 const ETH_HLEN: usize = 14;
+/// UDP (and UDP-Lite) header length.
+const UDP_HEADER_LEN: usize = 8;
+/// SCTP common header length.
+const SCTP_HEADER_LEN: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -50,12 +54,24 @@ pub enum Parsed {
 
 /// Per-packet values that are not part of the flow key.
 pub struct Meta {
-    /// IPv4 total length or IPv6 payload length + 40.
+    /// Wire packets this one stands for: 1, or a GSO skb's segments.
+    pub packets: u16,
+    /// IPv4 total length or IPv6 payload length + 40; for a GSO skb, of
+    /// all its segments on the wire (see [`on_the_wire`]).
     pub ip_len: u32,
     /// IPv4 ToS / IPv6 traffic class.
     pub tos: u8,
     /// TCP flags byte (0 for other protocols or a truncated TCP header).
     pub tcp_flags: u8,
+}
+
+/// The IP bytes on the wire of a packet of `ip_len` bytes that stands for
+/// `segs` packets (a GSO skb: TSO/USO from the local stack, or GRO-merged
+/// on receive): each segment repeats the `hdr_len` bytes of IP and L4
+/// headers, which the merged packet carries once.
+#[inline(always)]
+fn on_the_wire(ip_len: u32, hdr_len: u32, segs: u16) -> u32 {
+    ip_len + (segs as u32).saturating_sub(1) * hdr_len
 }
 
 /// Ports and flags read from the L4 header; zeros when absent.
@@ -64,6 +80,10 @@ struct L4 {
     src_port: u16,
     dst_port: u16,
     tcp_flags: u8,
+    /// Frame offset of the L4 payload (past the TCP or UDP header read);
+    /// 0 when there is none. Not a tuple element beside the L4 header: the
+    /// TC program's stack is at the verifier's limit.
+    end: u16,
 }
 
 /// Where the parser reads a frame's bytes from.
@@ -164,7 +184,7 @@ pub fn src_mac<F: Frame>(frame: F) -> [u8; 6] {
 /// took the tag out of the frame (TC ingress), and larger than any VLAN id
 /// otherwise.
 #[inline(always)]
-pub fn parse<F: Frame>(frame: F, vlan_hint: u32) -> Parsed {
+pub fn parse<F: Frame>(frame: F, vlan_hint: u32, segs: u16) -> Parsed {
     let Some(mut ethertype) = be16_at(frame, 12) else {
         return Parsed::Malformed;
     };
@@ -187,14 +207,14 @@ pub fn parse<F: Frame>(frame: F, vlan_hint: u32) -> Parsed {
         offset += 4;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(frame, offset, vlan),
-        ETH_P_IPV6 => parse_ipv6(frame, offset, vlan),
+        ETH_P_IP => parse_ipv4(frame, offset, vlan, segs),
+        ETH_P_IPV6 => parse_ipv6(frame, offset, vlan, segs),
         _ => Parsed::NonIp,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
+fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16, segs: u16) -> Parsed {
     let Some(hdr) = frame.ptr_at::<[u8; 20]>(offset) else {
         return Parsed::Malformed;
     };
@@ -227,7 +247,16 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
         direction: 0,
     };
     let meta = Meta {
-        ip_len: unsafe { be16::<2>(at) } as u32,
+        packets: segs,
+        ip_len: on_the_wire(
+            unsafe { be16::<2>(at) } as u32,
+            if l4.end == 0 {
+                ihl as u32
+            } else {
+                l4.end as u32 - offset as u32
+            },
+            segs,
+        ),
         tos: hdr[1],
         tcp_flags: l4.tcp_flags,
     };
@@ -235,7 +264,7 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
+fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16, segs: u16) -> Parsed {
     let Some(hdr) = frame.ptr_at::<[u8; 40]>(offset) else {
         return Parsed::Malformed;
     };
@@ -262,7 +291,17 @@ fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
         direction: 0,
     };
     let meta = Meta {
-        ip_len,
+        packets: segs,
+        // Without an L4 header read, only the fixed header is known to repeat.
+        ip_len: on_the_wire(
+            ip_len,
+            if l4.end == 0 {
+                40
+            } else {
+                l4.end as u32 - offset as u32
+            },
+            segs,
+        ),
         tos: meta_tos,
         tcp_flags: l4.tcp_flags,
     };
@@ -271,8 +310,9 @@ fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16) -> Parsed {
 
 /// Skips up to [`IPV6_MAX_EXT_HEADERS`] extension headers (RFC 8200 section
 /// 4; AH per RFC 4302) and reads the L4 header. Returns the last next-header
-/// value reached: the upper-layer protocol, or the extension header the walk
-/// stopped at (bound reached, truncated, or a non-first fragment).
+/// value reached (the upper-layer protocol, or the extension header the walk
+/// stopped at: bound reached, truncated, or a non-first fragment) and the
+/// L4 header.
 #[inline(always)]
 fn walk_ipv6_extensions<F: Frame>(frame: F, mut offset: usize, mut next: u8) -> (u8, L4) {
     for _ in 0..IPV6_MAX_EXT_HEADERS {
@@ -334,6 +374,7 @@ fn parse_l4<F: Frame>(frame: F, offset: usize, proto: u8) -> L4 {
                         src_port: be16::<0>(h),
                         dst_port: be16::<2>(h),
                         tcp_flags: *h.add(13),
+                        end: (offset + ((*h.add(12) >> 4) as usize) * 4) as u16,
                     }
                 }
             }
@@ -348,6 +389,12 @@ fn parse_l4<F: Frame>(frame: F, offset: usize, proto: u8) -> L4 {
                         src_port: be16::<0>(h),
                         dst_port: be16::<2>(h),
                         tcp_flags: 0,
+                        end: (offset
+                            + if proto == IPPROTO_SCTP {
+                                SCTP_HEADER_LEN
+                            } else {
+                                UDP_HEADER_LEN
+                            }) as u16,
                     }
                 }
             }
@@ -359,6 +406,7 @@ fn parse_l4<F: Frame>(frame: F, offset: usize, proto: u8) -> L4 {
                 // SAFETY: ptr_at checked type and code are inside.
                 dst_port: unsafe { be16::<0>(h.cast()) },
                 tcp_flags: 0,
+                end: 0,
             },
             None => L4::default(),
         },

@@ -16,4 +16,5 @@ pub mod packet;
 pub mod peers;
 pub mod procfs;
 pub mod send;
+pub mod sockets;
 pub mod trafgen;

@@ -12,7 +12,7 @@ use flowagent_tests::{
         self, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, V4Opts, mac, tcp_flags, v4, v6,
     },
     send::{Sender, SplitSender},
-    trafgen,
+    sockets, trafgen,
 };
 use serde_json::Value;
 
@@ -481,6 +481,150 @@ fn tc_egress_counts_exact_flows() {
             out.flows
         );
     }
+}
+
+/// Gives `ga` and `gb` addresses in `net` (IPv4 /24 or IPv6 /64 prefix
+/// text, hosts 1 and 2) with permanent neighbour entries, so the kernel
+/// sends no ARP or neighbour discovery of its own.
+fn address_lab(lab: &Lab, v4_net: &str, v6_net: Option<&str>) {
+    let nets = [(v4_net, "24", "-4")]
+        .into_iter()
+        .chain(v6_net.map(|n| (n, "64", "-6")));
+    for (net, len, family) in nets {
+        for (ns, dev, host, peer, peer_mac) in [
+            (&lab.gen_ns, "ga", "1", "2", OBS_MAC),
+            (&lab.obs, "gb", "2", "1", GEN_MAC),
+        ] {
+            if family == "-6" {
+                ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+            }
+            let addr = format!("{net}{host}/{len}");
+            let mut add = vec![family, "addr", "add", &addr, "dev", dev];
+            if family == "-6" {
+                add.push("nodad");
+            }
+            ns.ip(&add);
+            let peer = format!("{net}{peer}");
+            ns.ip(&[
+                family,
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                peer_mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+}
+
+/// Packets and bytes of the records to `dst` port `dport` seen in `direction`.
+fn to_port(out: &Output, dst: &str, dport: u64, direction: &str) -> (u64, u64) {
+    let keep =
+        |f: &Value| f["ip_dst"] == dst && f["port_dst"] == dport && f["direction"] == direction;
+    (out.sum("packets", keep), out.sum("bytes", keep))
+}
+
+/// A UDP GSO skb (one send with UDP_SEGMENT) is as many packets on the
+/// wire as it has segments, each with its own IP and UDP header: TC counts
+/// them so, on ingress (as after GRO on a NIC) and egress, IPv4 and IPv6.
+/// Counted per skb, the 11-segment sends below would be 11 times too few
+/// packets.
+#[test]
+fn tc_counts_every_segment_of_a_udp_gso_skb() {
+    let lab = Lab::new("ugso");
+    address_lab(&lab, "10.61.0.", Some("2001:db8:61::"));
+    let agent = Agent::start(
+        &lab.obs,
+        &[
+            "--iface",
+            "gb",
+            "--mode",
+            "tc",
+            "--direction",
+            "both",
+            "--interval",
+            "60",
+        ],
+    );
+    // 10500 bytes in 1000-byte segments: 10 full and one of 500.
+    let (segment, len, segments) = (1000, 10_500, 11);
+    let gen_ns = lab.gen_ns.name();
+    sockets::udp_gso(gen_ns, "10.61.0.2:7001".parse().unwrap(), segment, len, 5);
+    sockets::udp_gso(
+        gen_ns,
+        "[2001:db8:61::2]:7003".parse().unwrap(),
+        segment,
+        len,
+        4,
+    );
+    sockets::udp_gso(
+        lab.obs.name(),
+        "10.61.0.1:7002".parse().unwrap(),
+        segment,
+        len,
+        3,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.stop();
+    // Per segment: its payload plus a 20-byte IPv4 (40-byte IPv6) and an
+    // 8-byte UDP header.
+    let wire = |hdr: u64| len as u64 + segments * hdr;
+    assert_eq!(
+        to_port(&out, "10.61.0.2", 7001, "ingress"),
+        (5 * segments, 5 * wire(28)),
+        "{:#?}",
+        out.flows
+    );
+    assert_eq!(
+        to_port(&out, "2001:db8:61::2", 7003, "ingress"),
+        (4 * segments, 4 * wire(48)),
+        "{:#?}",
+        out.flows
+    );
+    assert_eq!(
+        to_port(&out, "10.61.0.1", 7002, "egress"),
+        (3 * segments, 3 * wire(28)),
+        "{:#?}",
+        out.flows
+    );
+}
+
+/// A TCP transfer between namespaces goes over veth as TSO skbs of up to
+/// 64 KB: TC counts exactly the segments the sender's stack put on the
+/// wire (its own OutSegs + RetransSegs), and their bytes with a header
+/// per segment.
+#[test]
+fn tc_counts_every_segment_of_a_tso_tcp_stream() {
+    let lab = Lab::new("tso");
+    address_lab(&lab, "10.62.0.", None);
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--mode", "tc", "--interval", "60"],
+    );
+    let before = sockets::tcp_segments_sent(lab.gen_ns.name());
+    let bytes = 2_000_000;
+    sockets::tcp_transfer(
+        lab.gen_ns.name(),
+        lab.obs.name(),
+        "10.62.0.2:7010".parse().unwrap(),
+        bytes,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = sockets::tcp_segments_sent(lab.gen_ns.name()) - before;
+    let out = agent.stop();
+    // Linux's defaults put timestamps (12 bytes of options) on every
+    // segment: 20 + 32 bytes of headers, and the SYN 8 more (MSS, SACK
+    // permitted, window scale).
+    assert_eq!(
+        to_port(&out, "10.62.0.2", 7010, "ingress"),
+        (sent, bytes as u64 + 52 * sent + 8),
+        "{:#?}",
+        out.flows
+    );
 }
 
 /// Sums packets and bytes per (src, dst, sport, dport) over all records.
