@@ -65,12 +65,18 @@ pub struct Meta {
     pub tcp_flags: u8,
 }
 
-/// The IP bytes on the wire of a packet of `ip_len` bytes that stands for
-/// `segs` packets (a GSO skb: TSO/USO from the local stack, or GRO-merged
-/// on receive): each segment repeats the `hdr_len` bytes of IP and L4
-/// headers, which the merged packet carries once.
+/// The IP bytes on the wire of a packet of `ip_len` bytes, its IP header at
+/// frame offset `ip_at`, that stands for `segs` packets (a GSO skb: TSO/USO
+/// from the local stack, or GRO-merged on receive): each segment repeats
+/// the IP and L4 headers, which the merged packet carries once. Without an
+/// L4 header read, only the `fixed` IP header is known to repeat.
 #[inline(always)]
-fn on_the_wire(ip_len: u32, hdr_len: u32, segs: u16) -> u32 {
+fn on_the_wire(ip_len: u32, ip_at: usize, l4: &L4, fixed: u32, segs: u16) -> u32 {
+    let hdr_len = if l4.end == 0 {
+        fixed
+    } else {
+        l4.end as u32 - ip_at as u32
+    };
     ip_len + (segs as u32).saturating_sub(1) * hdr_len
 }
 
@@ -250,11 +256,9 @@ fn parse_ipv4<F: Frame>(frame: F, offset: usize, vlan: u16, segs: u16) -> Parsed
         packets: segs,
         ip_len: on_the_wire(
             unsafe { be16::<2>(at) } as u32,
-            if l4.end == 0 {
-                ihl as u32
-            } else {
-                l4.end as u32 - offset as u32
-            },
+            offset,
+            &l4,
+            ihl as u32,
             segs,
         ),
         tos: hdr[1],
@@ -292,16 +296,7 @@ fn parse_ipv6<F: Frame>(frame: F, offset: usize, vlan: u16, segs: u16) -> Parsed
     };
     let meta = Meta {
         packets: segs,
-        // Without an L4 header read, only the fixed header is known to repeat.
-        ip_len: on_the_wire(
-            ip_len,
-            if l4.end == 0 {
-                40
-            } else {
-                l4.end as u32 - offset as u32
-            },
-            segs,
-        ),
+        ip_len: on_the_wire(ip_len, offset, &l4, 40, segs),
         tos: meta_tos,
         tcp_flags: l4.tcp_flags,
     };
