@@ -48,28 +48,25 @@ pub fn udp_gso(ns: &str, dst: SocketAddr, segment: u16, len: usize, sends: usize
     });
 }
 
-/// TCP segments sent and retransmitted by namespace `ns` so far
-/// (`Tcp: OutSegs` + `RetransSegs` of its /proc/net/snmp): every segment the
-/// stack put on the wire, counted per wire packet even when TSO sends
-/// many as one skb.
-pub fn tcp_segments_sent(ns: &str) -> u64 {
-    in_netns(ns, || {
-        // thread-self: /proc/self/net would be the netns of the main thread.
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-        let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-        let field = |name: &str| -> u64 {
-            let at = names.split_whitespace().position(|n| n == name).unwrap();
-            values.split_whitespace().nth(at).unwrap().parse().unwrap()
-        };
-        field("OutSegs") + field("RetransSegs")
-    })
+/// What one TCP connection put on the wire, from its own `TCP_INFO`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSent {
+    /// Segments sent, retransmissions and pure ACKs included, counted per
+    /// wire packet even when TSO sent many as one skb (`tcpi_segs_out`).
+    pub segments: u64,
+    /// Payload bytes sent, retransmitted ones included (`tcpi_bytes_sent`).
+    pub payload: u64,
+    /// Segments retransmitted (`tcpi_total_retrans`), for the message of a
+    /// failing test: retransmissions are why the payload can exceed what
+    /// was written.
+    pub retransmitted: u64,
 }
 
 /// Opens a TCP connection from namespace `client_ns` to a listener on
 /// `server` in `server_ns`, writes `bytes` bytes, closes, and returns once
-/// the server has read them all and closed its end too.
-pub fn tcp_transfer(client_ns: &str, server_ns: &str, server: SocketAddr, bytes: usize) {
+/// the server has read them all and closed its end too, with what the
+/// client sent.
+pub fn tcp_transfer(client_ns: &str, server_ns: &str, server: SocketAddr, bytes: usize) -> TcpSent {
     let (ready_tx, ready_rx) = mpsc::channel();
     let server_ns = server_ns.to_owned();
     let reader = std::thread::spawn(move || {
@@ -83,14 +80,43 @@ pub fn tcp_transfer(client_ns: &str, server_ns: &str, server: SocketAddr, bytes:
         })
     });
     ready_rx.recv().expect("listener up");
-    in_netns(client_ns, move || {
+    let sent = in_netns(client_ns, move || {
         let mut conn = TcpStream::connect(server).expect("connect");
         conn.write_all(&vec![0xa5; bytes]).expect("write");
         conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        // Wait for the server's FIN, so that every segment of ours,
-        // the last ACK included, has been sent when this returns.
+        // Wait for the server's FIN: the kernel ACKs it before waking this
+        // read, so every segment of ours has been sent when it returns.
         let mut rest = Vec::new();
         conn.read_to_end(&mut rest).expect("read the server's FIN");
+        tcp_info(&conn)
     });
     assert_eq!(reader.join().expect("server thread"), bytes);
+    sent
+}
+
+/// The counters of `conn`'s `TCP_INFO` (Linux 4.19 or later for
+/// `tcpi_bytes_sent`).
+fn tcp_info(conn: &TcpStream) -> TcpSent {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt with a valid fd writes at most `len` bytes into
+    // `info`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_retrans);
+    assert!(len as usize >= filled, "TCP_INFO too short: {len} bytes");
+    TcpSent {
+        segments: info.tcpi_segs_out.into(),
+        payload: info.tcpi_bytes_sent,
+        retransmitted: info.tcpi_total_retrans.into(),
+    }
 }
