@@ -72,7 +72,8 @@ pub enum Error {
 /// How the programs are attached.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// XDP in the driver where it supports it, else generic (skb) XDP.
+    /// Native XDP where the driver supports it, else TC ingress: cheaper
+    /// than generic XDP on the same skb, and exact for GSO skbs.
     Auto,
     /// Native (driver) XDP only; fails where the driver has none.
     Xdp,
@@ -326,7 +327,7 @@ impl RawConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        // Default: auto, i.e. XDP (ingress); TC only when asked for.
+        // Default: auto, i.e. native XDP, or TC ingress without it.
         let mode = match self.mode.as_deref().unwrap_or("auto") {
             "auto" => Mode::Auto,
             "xdp" => Mode::Xdp,

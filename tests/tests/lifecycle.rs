@@ -126,6 +126,43 @@ fn exit_leaves_nothing_attached_in_any_mode() {
     }
 }
 
+/// A bridge has no native XDP. Auto mode attaches TC ingress there, not
+/// generic XDP, and native XDP on the veth port under it. A frame for the
+/// port's MAC is counted on both: by XDP as it arrives on the port, by TC
+/// as the bridge hands it to the host.
+#[test]
+fn auto_mode_falls_back_to_tc_where_the_driver_has_no_native_xdp() {
+    let lab = Lab::new("auto");
+    lab.obs.ip(&["link", "add", "br0", "type", "bridge"]);
+    lab.obs.ip(&["link", "set", "gb", "master", "br0"]);
+    lab.obs.ip(&["link", "set", "br0", "up"]);
+    let agent = Agent::start(
+        &lab.obs,
+        &["--iface", "gb", "--iface", "br0", "--interval", "60"],
+    );
+    let log = agent.log();
+    assert!(log.contains("native XDP to gb"), "{log}");
+    assert!(log.contains("no native XDP on br0"), "{log}");
+    assert_eq!(attached(lab.obs.name(), "gb"), (true, 0, 0));
+    assert_eq!(attached(lab.obs.name(), "br0"), (false, 1, 0));
+    let sender = Sender::new(lab.gen_ns.name(), "ga");
+    for _ in 0..7 {
+        sender.send(&frame(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = agent.stop();
+    for iface in ["gb", "br0"] {
+        assert_eq!(
+            out.sum("packets", |f| f["iface_in"] == iface),
+            7,
+            "{iface}: {:#?}",
+            out.flows
+        );
+    }
+    assert_eq!(out.sum("packets", |_| true), 14, "{:#?}", out.flows);
+    assert_nothing_attached(lab.obs.name(), &["gb", "br0"]);
+}
+
 #[test]
 fn without_iface_the_default_route_interface_is_used_and_sigterm_drains() {
     let lab = Lab::new("dflt");

@@ -15,7 +15,10 @@ use aya::{
 use flowagent_common::names;
 use log::{debug, info};
 
-use super::{Error, loader::program};
+use super::{
+    Error,
+    loader::{classifier, program},
+};
 use crate::config::{Direction, Mode};
 
 /// One program attached to one interface.
@@ -74,50 +77,73 @@ impl Attacher {
             source,
         };
         match self.mode {
-            Mode::Tc => {
-                let hooks = [
-                    (
-                        self.direction.ingress(),
-                        names::PROG_TC_INGRESS,
-                        TcAttachType::Ingress,
-                    ),
-                    (
-                        self.direction.egress(),
-                        names::PROG_TC_EGRESS,
-                        TcAttachType::Egress,
-                    ),
-                ];
-                for (wanted, prog, hook) in hooks {
-                    if !wanted {
-                        continue;
-                    }
-                    let link = program::<SchedClassifier>(&mut self.ebpf, prog)?
-                        .attach(name, hook)
-                        .map_err(attach_err)?;
-                    links.push(Attachment::Tc(prog, link));
-                }
-                info!(
-                    "attached tc {:?} to {name} (ifindex {index})",
-                    self.direction
-                );
-            }
-            mode => {
+            Mode::Tc => self.attach_tc(index, name, self.direction, links),
+            Mode::Auto => {
                 let xdp = program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?;
-                let (link, used) = match mode {
-                    Mode::Xdp => (xdp.attach_to_if_index(index, XdpMode::Driver), "native"),
-                    Mode::XdpGeneric => (xdp.attach_to_if_index(index, XdpMode::Skb), "generic"),
-                    _ => match xdp.attach_to_if_index(index, XdpMode::Driver) {
-                        Ok(link) => (Ok(link), "native"),
-                        Err(e) => {
-                            debug!("native XDP on {name} failed ({e}); using generic XDP");
-                            (xdp.attach_to_if_index(index, XdpMode::Skb), "generic")
-                        }
-                    },
+                match xdp.attach_to_if_index(index, XdpMode::Driver) {
+                    Ok(link) => {
+                        links.push(Attachment::Xdp(link));
+                        info!("attached native XDP to {name} (ifindex {index})");
+                        Ok(())
+                    }
+                    // Not generic XDP: it runs on the same skb as TC, but
+                    // copies every non-linear skb to linearize it and sees
+                    // a GSO skb as one packet, where TC reads gso_segs.
+                    Err(e) => {
+                        info!("no native XDP on {name} ({e}); using TC ingress");
+                        self.attach_tc(index, name, Direction::Ingress, links)
+                    }
+                }
+            }
+            Mode::Xdp | Mode::XdpGeneric => {
+                let (xdp_mode, used) = if self.mode == Mode::Xdp {
+                    (XdpMode::Driver, "native")
+                } else {
+                    (XdpMode::Skb, "generic")
                 };
-                links.push(Attachment::Xdp(link.map_err(attach_err)?));
+                let link = program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?
+                    .attach_to_if_index(index, xdp_mode)
+                    .map_err(attach_err)?;
+                links.push(Attachment::Xdp(link));
                 info!("attached {used} XDP to {name} (ifindex {index})");
+                Ok(())
             }
         }
+    }
+
+    /// Attaches the TC programs of `direction` to `name`.
+    fn attach_tc(
+        &mut self,
+        index: u32,
+        name: &str,
+        direction: Direction,
+        links: &mut Vec<Attachment>,
+    ) -> Result<(), Error> {
+        let hooks = [
+            (
+                direction.ingress(),
+                names::PROG_TC_INGRESS,
+                TcAttachType::Ingress,
+            ),
+            (
+                direction.egress(),
+                names::PROG_TC_EGRESS,
+                TcAttachType::Egress,
+            ),
+        ];
+        for (wanted, prog, hook) in hooks {
+            if !wanted {
+                continue;
+            }
+            let link = classifier(&mut self.ebpf, prog)?
+                .attach(name, hook)
+                .map_err(|source| Error::Attach {
+                    iface: name.to_owned(),
+                    source,
+                })?;
+            links.push(Attachment::Tc(prog, link));
+        }
+        info!("attached tc {direction:?} to {name} (ifindex {index})");
         Ok(())
     }
 

@@ -178,15 +178,15 @@ pub fn write_lines(ebpf: &mut Ebpf, sampling: u32, sizes: &Sizes) -> Result<(), 
     Ok(())
 }
 
-/// Loads the object and the programs `config.mode` uses.
+/// Loads the object and the programs `config.mode` uses. Auto mode loads
+/// only XDP here; the attacher loads TC ingress when an interface's
+/// driver has no native XDP ([`classifier`]).
 pub fn load(config: &Config) -> Result<Ebpf, Error> {
     let sizes = Sizes::new(config.max_flows, config.flow_cache)?;
     let mut ebpf = load_object(config.sampling, &sizes)?;
     if config.mode == Mode::Tc {
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            program::<SchedClassifier>(&mut ebpf, name)?
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
+            classifier(&mut ebpf, name)?;
         }
     } else {
         program::<Xdp>(&mut ebpf, names::PROG_XDP)?
@@ -197,6 +197,19 @@ pub fn load(config: &Config) -> Result<Ebpf, Error> {
             })?;
     }
     Ok(ebpf)
+}
+
+/// The TC program `name`, loaded (verified) on first use.
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    let prog = program::<SchedClassifier>(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
+    }
+    Ok(prog)
 }
 
 /// The program `name` as type `P`.
