@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use aya::{
     Ebpf,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId,
+        xdp::XdpLinkId,
     },
 };
 use flowagent_common::names;
@@ -72,10 +73,6 @@ impl Attacher {
         name: &str,
         links: &mut Vec<Attachment>,
     ) -> Result<(), Error> {
-        let attach_err = |source| Error::Attach {
-            iface: name.to_owned(),
-            source,
-        };
         match self.mode {
             Mode::Tc => self.attach_tc(index, name, self.direction, links),
             Mode::Auto => {
@@ -103,7 +100,7 @@ impl Attacher {
                 };
                 let link = program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?
                     .attach_to_if_index(index, xdp_mode)
-                    .map_err(attach_err)?;
+                    .map_err(attach_error(name))?;
                 links.push(Attachment::Xdp(link));
                 info!("attached {used} XDP to {name} (ifindex {index})");
                 Ok(())
@@ -137,10 +134,7 @@ impl Attacher {
             }
             let link = classifier(&mut self.ebpf, prog)?
                 .attach(name, hook)
-                .map_err(|source| Error::Attach {
-                    iface: name.to_owned(),
-                    source,
-                })?;
+                .map_err(attach_error(name))?;
             links.push(Attachment::Tc(prog, link));
         }
         info!("attached tc {direction:?} to {name} (ifindex {index})");
@@ -172,5 +166,13 @@ impl Attacher {
     /// Number of interfaces with programs attached.
     pub fn count(&self) -> usize {
         self.attached.len()
+    }
+}
+
+/// Maps a failed attach to `iface` to this module's error.
+fn attach_error(iface: &str) -> impl Fn(ProgramError) -> Error + '_ {
+    move |source| Error::Attach {
+        iface: iface.to_owned(),
+        source,
     }
 }
